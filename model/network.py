@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from veloxseg.model.layers import DownConv, PatchEmbed, UpConv, jlc_layer, pixel_shuffle_3d
 from veloxseg.model.pwa import TransformerLevel, WindowScheme
 
@@ -345,7 +344,9 @@ class VeloxSeg(nn.Module):
                 (self.decoder.out_conv3, up3),
                 (self.decoder.out_conv4, encs[3]),
             ):
-                outs.append(F.interpolate(head(feat), size=size, mode="trilinear", align_corners=True))
+                outs.append(
+                    F.interpolate(head(feat), size=size, mode="trilinear", align_corners=True)
+                )
         recons, grams = [], []
         for m, teacher in enumerate(self.rc_decoders):
             feats = [torch.cat([pwa[i][m], encs[i]], dim=1) for i in range(_LEVELS)]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from veloxseg.model.layers import FFN, ChannelsFirstLayerNorm, PatchMerging
 
 __all__ = [
@@ -77,7 +76,9 @@ class WindowScheme:
                 f"window {big[-1]} does not fit feature size {feature_size}; "
                 "choose min_big_window_sizes that scale evenly into the patch"
             )
-        if any(b % s for bw, sw in zip(big, small, strict=True) for b, s in zip(bw, sw, strict=True)):
+        if any(
+            b % s for bw, sw in zip(big, small, strict=True) for b, s in zip(bw, sw, strict=True)
+        ):
             raise ValueError(f"big windows {big} must be multiples of small windows {small}")
         channels_qk = len(big) * heads * min_dim_head
         channels_v = math.ceil(channels / channels_qk) * channels_qk
@@ -93,9 +94,7 @@ class WindowScheme:
 
 def relative_position_index(n: Size3) -> torch.Tensor:
     """Swin-style ``(L, L)`` index into the ``prod(2n-1)`` bias table, L = prod(n)."""
-    coords = torch.stack(
-        torch.meshgrid(*(torch.arange(k) for k in n), indexing="ij")
-    ).flatten(1)
+    coords = torch.stack(torch.meshgrid(*(torch.arange(k) for k in n), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     rel = rel + torch.tensor([k - 1 for k in n])
     strides = torch.tensor([(2 * n[1] - 1) * (2 * n[2] - 1), 2 * n[2] - 1, 1])
@@ -239,7 +238,9 @@ class PairedWindowAttention(nn.Module):
         attns = self.core(*self.project(xs))
         return [
             x + drop(mix(a))
-            for x, a, mix, drop in zip(xs, attns, self.mix_channels, self.dropout_attns, strict=True)
+            for x, a, mix, drop in zip(
+                xs, attns, self.mix_channels, self.dropout_attns, strict=True
+            )
         ]
 
 
@@ -286,7 +287,9 @@ class TransformerLevel(nn.Module):
         )
         self.downs = nn.ModuleList(PatchMerging(c) for c in channels) if downsample else None
 
-    def forward(self, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    def forward(
+        self, xs: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         for block in self.blocks:
             xs = block(xs)
         down = [d(x) for d, x in zip(self.downs, xs, strict=True)] if self.downs else None
