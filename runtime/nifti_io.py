@@ -1,0 +1,347 @@
+"""Read an input case from NIfTI and write label maps and probabilities back onto its grid.
+
+Arrays here are in the file's own voxel order: ``load_case`` returns ``(C, X, Y, Z)`` float32 and
+``save_labels`` takes ``(X, Y, Z)``; reorienting to RAS+ is ``veloxseg.runtime.orientation``'s job.
+
+Every user-fixable problem with an input raises ``InputError`` with a one-line message. Notes:
+
+* Intensity scaling follows NIfTI/nibabel: a ``scl_slope`` of 0, NaN or Inf means "no scaling"
+  (slope 1, intercept 0); a valid slope with a NaN intercept is rejected as a corrupt header.
+* Modalities must share one voxel grid: equal shapes, and affines equal within
+  ``TRANSLATION_TOL_MM`` on the origin and ``LINEAR_RTOL`` (relative to each axis' voxel size) on
+  the rotation/zoom part. That absorbs float32 header round-off, never a real misregistration.
+* A 3D image with an axis of size 1 is a 2D slice and is rejected; trailing singleton axes beyond
+  the third (``X, Y, Z, 1``) are squeezed.
+* Outputs copy the input's qform and sform fields verbatim (codes included), so SimpleITK, ITK-SNAP
+  and nibabel place them exactly where they place the input. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import secrets
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import nibabel as nib
+import numpy as np
+from nibabel.affines import voxel_sizes
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from veloxseg.runtime.errors import InputError
+
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "LINEAR_RTOL",
+    "TRANSLATION_TOL_MM",
+    "ImageGeometry",
+    "atomic_write_bytes",
+    "atomic_writer",
+    "load_case",
+    "save_labels",
+    "save_probabilities",
+]
+
+DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
+TRANSLATION_TOL_MM = 1e-3
+LINEAR_RTOL = 1e-4
+_DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
+_GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
+# Header fields that place voxels in space; copied verbatim so outputs land on the input grid.
+_SPATIAL_FIELDS = (
+    "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
+    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class ImageGeometry:
+    """The input's voxel grid: file-order ``shape`` (X, Y, Z), voxel-to-world ``affine`` (4x4
+    float64, mm, read-only), a copy of the first input's NIfTI ``header`` (the source of the
+    qform/sform fields outputs copy) and the resolved input ``sources`` that outputs must not
+    overwrite."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    sources: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        affine = np.array(self.affine, dtype=np.float64)
+        affine.setflags(write=False)
+        object.__setattr__(self, "affine", affine)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the file's X, Y, Z axes (norms of the affine's columns)."""
+        return tuple(float(s) for s in voxel_sizes(self.affine))  # type: ignore[return-value]
+
+
+def load_case(
+    paths: Sequence[Path],
+    n_modalities: int,
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    modality_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, ImageGeometry]:
+    """Load one case as float32 ``(C, X, Y, Z)`` in file voxel order, plus its geometry.
+
+    ``paths`` is one file per modality in the model's order, or a single 4D file with modalities
+    on the last axis (when ``n_modalities > 1``). ``max_voxels`` bounds X*Y*Z and is checked from
+    the headers before any voxel data is read.
+    """
+    if n_modalities < 1:
+        raise ValueError(f"n_modalities must be at least 1, got {n_modalities}")
+    paths = tuple(Path(p) for p in paths)
+    wanted = _describe_modalities(n_modalities, modality_names)
+    stacked = len(paths) == 1 and n_modalities > 1
+    if not stacked and len(paths) != n_modalities:
+        raise InputError(
+            f"got {len(paths)} input file(s) but the model needs {wanted}: pass one file per "
+            "modality in that order, or one 4D NIfTI with the modalities on its last axis"
+        )
+    images = [_open(p) for p in paths]
+    spatial = [_check_header(img, p, max_voxels) for img, p in zip(images, paths, strict=True)]
+    counts = [_count_volumes(img, p) for img, p in zip(images, paths, strict=True)]
+    if stacked and counts[0] != n_modalities:
+        raise InputError(
+            f"{paths[0]} holds {counts[0]} volume(s) but the model needs {wanted}: pass a 4D "
+            "NIfTI with one volume per modality on its last axis, or one file per modality"
+        )
+    if not stacked and max(counts) > 1:
+        k = int(np.argmax(counts))
+        raise InputError(
+            f"{paths[k]} is 4D with {counts[k]} volumes but each file must be one 3D volume "
+            f"({wanted}); split it, or pass it as the only input"
+        )
+    _check_same_grid(images, spatial, paths)
+    data = np.empty((n_modalities, *spatial[0]), dtype=np.float32)
+    for c in range(n_modalities):
+        img, p = (images[0], paths[0]) if stacked else (images[c], paths[c])
+        _read_volume(img, c if stacked else None, p, data[c])
+    geometry = ImageGeometry(
+        shape=spatial[0],
+        affine=images[0].affine,
+        header=images[0].header.copy(),
+        sources=tuple(p.resolve() for p in paths),
+    )
+    return data, geometry
+
+
+def _describe_modalities(n: int, names: Sequence[str] | None) -> str:
+    listed = f" ({', '.join(names)})" if names else ""
+    return f"{n} modalit{'y' if n == 1 else 'ies'}{listed}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _open(path: Path) -> nib.Nifti1Pair:
+    """Read the header only (nibabel proxies the voxel data) and insist on NIfTI."""
+    if not path.exists():
+        raise InputError(f"input file {path} does not exist; check the path")
+    if not path.is_file():
+        raise InputError(f"input {path} is not a file; pass a .nii or .nii.gz image")
+    try:
+        img = nib.load(path)
+    except _READ_ERRORS as e:
+        raise InputError(
+            f"{path} is not a readable NIfTI image ({_first_line(e)}); pass a .nii or .nii.gz file"
+        ) from e
+    if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and .hdr/.img pairs
+        raise InputError(
+            f"{path} is a {type(img).__name__}, not NIfTI; convert it to .nii.gz first"
+        )
+    return img
+
+
+def _check_header(img: nib.Nifti1Pair, path: Path, max_voxels: int) -> tuple[int, int, int]:
+    """Validate dimensionality, size, voxel type and affine; return the spatial shape."""
+    shape = img.shape
+    if len(shape) < 3 or min(shape[:3]) < 2:
+        raise InputError(
+            f"{path} has shape {shape}, a 2D image or empty; the model needs a 3D volume"
+        )
+    spatial = (int(shape[0]), int(shape[1]), int(shape[2]))
+    n_voxels = math.prod(spatial)
+    if n_voxels > max_voxels:
+        raise InputError(
+            f"{path} has {n_voxels:,} voxels {spatial}, more than the limit of {max_voxels:,}; "
+            "crop or downsample it first"
+        )
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise InputError(f"{path} stores {dtype} voxels; convert it to a scalar numeric type")
+    affine = img.affine
+    det = np.linalg.det(affine[:3, :3]) if np.isfinite(affine).all() else np.nan
+    if not abs(det) > _DEGENERATE_RTOL * np.prod(voxel_sizes(affine)):
+        raise InputError(
+            f"{path} has a degenerate voxel-to-world affine (NaN or determinant ≈ 0); "
+            "fix the qform/sform in its header"
+        )
+    return spatial
+
+
+def _count_volumes(img: nib.Nifti1Pair, path: Path) -> int:
+    """Volumes along the 4th axis; trailing singleton axes are ignored, a 5th axis is refused."""
+    extra = list(img.shape[3:])
+    while extra and extra[-1] == 1:
+        extra.pop()
+    if len(extra) > 1:
+        raise InputError(
+            f"{path} is {len(img.shape)}D with shape {img.shape}; expected a 3D volume or a 4D "
+            "stack of modalities on the last axis"
+        )
+    return int(extra[0]) if extra else 1
+
+
+def _check_same_grid(
+    images: Sequence[nib.Nifti1Pair], spatial: Sequence[tuple[int, int, int]], paths: Sequence[Path]
+) -> None:
+    """All modalities must share shape and (within tolerance) affine: the model sees them
+    voxel by voxel, so a mismatch would silently misalign them."""
+    ref = images[0].affine
+    tol_linear = LINEAR_RTOL * voxel_sizes(ref)[np.newaxis, :]
+    for img, shape, p in zip(images[1:], spatial[1:], paths[1:], strict=True):
+        if shape != spatial[0]:
+            raise InputError(
+                f"{p} has shape {shape} but {paths[0]} has {spatial[0]}; all modalities must "
+                "share one voxel grid, so resample them onto one grid first"
+            )
+        delta = np.abs(img.affine - ref)
+        if (delta[:3, :3] > tol_linear).any() or (delta[:3, 3] > TRANSLATION_TOL_MM).any():
+            raise InputError(
+                f"{p} is not on the same voxel grid as {paths[0]} (affines differ by up to "
+                f"{delta[:3].max():.4g} mm); resample it onto {paths[0]}'s grid first"
+            )
+
+
+def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.ndarray) -> None:
+    """Read one scaled volume into ``out`` (X, Y, Z) float32; refuse truncation and NaN/Inf."""
+    try:
+        block = img.dataobj[:, :, :, index] if index is not None else img.dataobj[...]
+        out[...] = np.reshape(block, out.shape)
+    except _READ_ERRORS as e:
+        raise InputError(
+            f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "
+            "or corrupt, re-export or re-download it"
+        ) from e
+    n_bad = out.size - int(np.count_nonzero(np.isfinite(out)))
+    if n_bad:
+        raise InputError(
+            f"{path} has {n_bad:,} NaN/Inf voxel(s){'' if index is None else f' in volume {index}'}"
+            "; replace them (e.g. with the background value) and retry"
+        )
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` only once the block succeeds.
+
+    Data goes to ``.{name}.tmp-{pid}-{random}`` beside ``path`` (never a name a reader would
+    take for the output), is fsynced, then ``os.replace``d; on any error the temp is removed and
+    ``path`` is untouched. Failures to create or move the file raise ``InputError``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
+    except OSError as e:
+        raise InputError(
+            f"cannot write {path} ({e.strerror}); check the folder exists and is writable"
+        ) from e
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise InputError(f"cannot write {path} ({e.strerror}); check it is writable") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_writer``)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def save_labels(
+    labels: np.ndarray,
+    geometry: ImageGeometry,
+    out_path: Path,
+    *,
+    inputs: Sequence[Path] = (),
+) -> None:
+    """Write an integer label map ``(X, Y, Z)`` in file voxel order onto the input's grid.
+
+    Stored as uint8, or uint16 when a label exceeds 255. Refuses to overwrite any input
+    (``geometry.sources`` plus ``inputs``).
+    """
+    if labels.shape != geometry.shape:
+        raise ValueError(f"labels have shape {labels.shape}, the input grid is {geometry.shape}")
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise ValueError(f"labels must lie in [0, 65535], got [{low}, {high}]")
+    dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
+    _write_nifti(labels.astype(dtype, copy=False), geometry, Path(out_path), inputs)
+
+
+def save_probabilities(
+    probs: np.ndarray,
+    geometry: ImageGeometry,
+    out_path: Path,
+    *,
+    inputs: Sequence[Path] = (),
+) -> None:
+    """Write per-class probabilities ``(K, X, Y, Z)`` (file voxel order) as a 4D float32 NIfTI
+    with classes on the last axis, the same convention as a 4D multi-modality input."""
+    if probs.ndim != 4 or probs.shape[1:] != geometry.shape:
+        raise ValueError(f"probabilities have shape {probs.shape}, want (K, *{geometry.shape})")
+    data = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
+    _write_nifti(data, geometry, Path(out_path), inputs)
+
+
+def _write_nifti(
+    data: np.ndarray, geometry: ImageGeometry, out_path: Path, inputs: Sequence[Path]
+) -> None:
+    """Build a header carrying the input's spatial fields and write ``data`` atomically."""
+    name = out_path.name
+    if not name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"output {out_path} must end in .nii.gz or .nii")
+    target = out_path.resolve()
+    for src in (*geometry.sources, *inputs):
+        if target == Path(src).resolve():
+            raise InputError(f"output {out_path} would overwrite input {src}; choose another path")
+    is_nifti2 = isinstance(geometry.header, nib.Nifti2Header)
+    header = nib.Nifti2Header() if is_nifti2 else nib.Nifti1Header()
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(data.dtype)
+    pixdim = header["pixdim"]
+    pixdim[:4] = geometry.header["pixdim"][:4]
+    header["pixdim"] = pixdim
+    for field in _SPATIAL_FIELDS:
+        header[field] = geometry.header[field]
+    image_class = nib.Nifti2Image if is_nifti2 else nib.Nifti1Image
+    image = image_class(data, None, header=header)  # None: keep the copied fields verbatim
+    with atomic_writer(out_path) as f:
+        if name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:
+                image.to_stream(gz)
+        else:
+            image.to_stream(f)

@@ -1,0 +1,87 @@
+"""Resampling between the input grid and model spacing, and the streaming label resample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from veloxseg.runtime.resampling import (
+    new_shape,
+    resample_labels_via_probabilities,
+    resample_to_shape,
+    resample_to_spacing,
+)
+
+
+def image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_new_shape_rounds_like_nnunet() -> None:
+    assert new_shape((100, 100, 50), (1.0, 1.0, 3.0), (1.0, 1.0, 1.0)) == (100, 100, 150)
+    assert new_shape((10, 11, 3), (0.75, 1.0, 2.0), (1.0, 1.5, 5.0)) == (8, 7, 1)
+    assert new_shape((1, 1, 1), (1.0, 1.0, 1.0), (10.0, 10.0, 10.0)) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_forward_then_backward_restores_the_shape(order: int) -> None:
+    data = image((2, 17, 12, 9))
+    spacing_in, spacing_out = (0.8, 1.3, 3.0), (1.0, 1.0, 1.5)
+    model_space = resample_to_spacing(data, spacing_in, spacing_out, order=order)
+    assert model_space.shape == (2, *new_shape((17, 12, 9), spacing_in, spacing_out))
+    assert model_space.dtype == np.float32
+    back = resample_to_shape(model_space, (17, 12, 9), order=order)
+    assert back.shape == data.shape and back.dtype == np.float32
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_constant_image_stays_constant(order: int) -> None:
+    data = np.full((2, 9, 10, 11), 3.25, np.float32)
+    data[1] = -1000.0
+    out = resample_to_spacing(data, (1.0, 1.0, 1.0), (0.7, 1.6, 2.3), order=order)
+    np.testing.assert_allclose(out[0], 3.25, rtol=1e-6)
+    np.testing.assert_allclose(out[1], -1000.0, rtol=1e-6)
+
+
+def test_matching_spacing_skips_resampling() -> None:
+    data = image((1, 5, 6, 7))
+    assert resample_to_spacing(data, (1.0, 2.0, 3.0), (1.0005, 2.001, 2.998)) is data
+    assert resample_to_shape(data, (5, 6, 7)) is data
+
+
+def test_cubic_is_clipped_to_the_input_range() -> None:
+    step = np.zeros((1, 12, 12, 12), np.float32)
+    step[:, 6:] = 100.0
+    out = resample_to_spacing(step, (1.0, 1.0, 1.0), (0.37, 0.6, 0.6), order=3)
+    assert out.min() >= 0.0 and out.max() <= 100.0
+
+
+def test_edge_aligned_upsampling_keeps_the_field_of_view() -> None:
+    """A linear ramp along x keeps its mean and stays monotonic (no shift of the grid)."""
+    ramp = np.broadcast_to(np.arange(8, dtype=np.float32)[:, None, None], (8, 4, 4))[None]
+    out = resample_to_shape(np.ascontiguousarray(ramp), (16, 4, 4), order=1)
+    profile = out[0, :, 0, 0]
+    assert np.all(np.diff(profile) >= 0)
+    np.testing.assert_allclose(profile.mean(), ramp.mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", [(13, 5, 11), (7, 8, 9), (3, 16, 4)])
+def test_streaming_labels_equal_naive_argmax(target: tuple[int, int, int]) -> None:
+    scores = image((5, 7, 8, 9), seed=1)
+    naive = np.argmax(resample_to_shape(scores, target, order=1), axis=0)
+    labels = resample_labels_via_probabilities(scores, target)
+    assert labels.dtype == np.uint8 and labels.shape == target
+    np.testing.assert_array_equal(labels, naive)
+
+
+def test_streaming_labels_break_ties_like_argmax() -> None:
+    scores = np.random.default_rng(2).integers(0, 3, size=(4, 6, 6, 6)).astype(np.float32)
+    for target in [(6, 6, 6), (12, 12, 12)]:
+        naive = np.argmax(resample_to_shape(scores, target, order=1), axis=0)
+        np.testing.assert_array_equal(resample_labels_via_probabilities(scores, target), naive)
+
+
+def test_many_classes_use_uint16() -> None:
+    scores = image((300, 2, 3, 2), seed=3)
+    labels = resample_labels_via_probabilities(scores, (3, 3, 3))
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels, np.argmax(resample_to_shape(scores, (3, 3, 3)), axis=0))
