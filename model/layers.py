@@ -61,9 +61,9 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Conv3d(8 * in_ch, 2 * in_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        x = x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2)
-        x = x.permute(0, 3, 5, 7, 1, 2, 4, 6).reshape(b, 8 * c, d // 2, h // 2, w // 2)
+        c, d, h, w = (int(s) for s in x.shape[1:])
+        x = x.reshape(-1, c, d // 2, 2, h // 2, 2, w // 2, 2)
+        x = x.permute(0, 3, 5, 7, 1, 2, 4, 6).reshape(-1, 8 * c, d // 2, h // 2, w // 2)
         return self.reduction(self.norm(x))
 
 
@@ -157,8 +157,8 @@ def jlc_layer(
 
 def pixel_shuffle_3d(x: torch.Tensor, scale: int) -> torch.Tensor:
     """``(B, C*s^3, D, H, W) -> (B, C, D*s, H*s, W*s)``, channels split as ``(c s1 s2 s3)``."""
-    b, cs, d, h, w = x.shape
+    cs, d, h, w = (int(s) for s in x.shape[1:])
     c = cs // scale**3
-    x = x.reshape(b, c, scale, scale, scale, d, h, w)
+    x = x.reshape(-1, c, scale, scale, scale, d, h, w)
     x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, c, d * scale, h * scale, w * scale)
+    return x.reshape(-1, c, d * scale, h * scale, w * scale)

@@ -102,26 +102,31 @@ def relative_position_index(n: Size3) -> torch.Tensor:
 
 
 def _gather(x: torch.Tensor, scheme: WindowScheme) -> torch.Tensor:
-    """``(B, S*h*c, D, H, W) -> (B, h, windows, L, c)``, windows of all scales concatenated."""
-    b, _, d, hh, w = x.shape
+    """``(B, S*h*c, D, H, W) -> (B, h, windows, L, c)``, windows of all scales concatenated.
+
+    Sizes other than batch are taken as Python ints so that an export sees static shapes.
+    """
+    d, hh, w = (int(s) for s in x.shape[2:])
     n = scheme.tokens_per_axis
-    x = x.reshape(b, scheme.scales, -1, d, hh, w)
+    x = x.reshape(-1, scheme.scales, int(x.shape[1]) // scheme.scales, d, hh, w)
     parts = []
     for i, small in enumerate(scheme.small):
         xi = x[:, i]
         if small != (1, 1, 1):
             xi = F.max_pool3d(xi, kernel_size=small, stride=small)
-        _, c_all, pd, ph, pw = xi.shape
+        c_all, pd, ph, pw = (int(s) for s in xi.shape[1:])
         nd, nh, nw = pd // n[0], ph // n[1], pw // n[2]
-        xi = xi.reshape(b, scheme.heads, c_all // scheme.heads, nd, n[0], nh, n[1], nw, n[2])
+        xi = xi.reshape(-1, scheme.heads, c_all // scheme.heads, nd, n[0], nh, n[1], nw, n[2])
         xi = xi.permute(0, 1, 3, 5, 7, 4, 6, 8, 2)
-        parts.append(xi.reshape(b, scheme.heads, nd * nh * nw, n[0] * n[1] * n[2], -1))
+        parts.append(
+            xi.reshape(-1, scheme.heads, nd * nh * nw, scheme.tokens, c_all // scheme.heads)
+        )
     return torch.cat(parts, dim=2)
 
 
 def _scatter(attn: torch.Tensor, scheme: WindowScheme, size: Size3) -> torch.Tensor:
     """Inverse of :func:`_gather`: ``(B, h, windows, L, c) -> (B, S*h*c, D, H, W)``."""
-    b, heads, _, _, c = attn.shape
+    heads, c = scheme.heads, int(attn.shape[-1])
     n = scheme.tokens_per_axis
     start, outs = 0, []
     for big, small in zip(scheme.big, scheme.small, strict=True):
@@ -129,13 +134,13 @@ def _scatter(attn: torch.Tensor, scheme: WindowScheme, size: Size3) -> torch.Ten
         count = nd * nh * nw
         a = attn[:, :, start : start + count]
         start += count
-        a = a.reshape(b, heads, nd, nh, nw, n[0], n[1], n[2], c)
+        a = a.reshape(-1, heads, nd, nh, nw, n[0], n[1], n[2], c)
         if small != (1, 1, 1):
             a = a.permute(0, 1, 2, 3, 4, 8, 5, 6, 7).reshape(-1, 1, *n)
             a = F.interpolate(a, size=big, mode="trilinear", align_corners=True)
-            a = a.reshape(b, heads, nd, nh, nw, c, *big).permute(0, 1, 2, 3, 4, 6, 7, 8, 5)
+            a = a.reshape(-1, heads, nd, nh, nw, c, *big).permute(0, 1, 2, 3, 4, 6, 7, 8, 5)
         a = a.permute(0, 1, 8, 2, 5, 3, 6, 4, 7)
-        outs.append(a.reshape(b, heads * c, *size))
+        outs.append(a.reshape(-1, heads * c, *size))
     return torch.cat(outs, dim=1)
 
 
@@ -151,7 +156,7 @@ def window_attention_core(
 
     ``bias`` is the ``(heads, M*L, M*L)`` relative-position bias, already tiled over modality pairs.
     """
-    size = tuple(qs[0].shape[2:])
+    size = tuple(int(s) for s in qs[0].shape[2:])
     m = len(qs)
     q = torch.cat([_gather(t, scheme) for t in qs], dim=3)
     k = torch.cat([_gather(t, scheme) for t in ks], dim=3)

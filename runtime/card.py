@@ -79,7 +79,9 @@ class ModelCard:
         if len(self.spacing) != 3 or not all(s > 0 for s in self.spacing):
             raise ModelFileError(f"card spacing must be three positive numbers, got {self.spacing}")
         if len(self.patch_size) != 3 or not all(p > 0 for p in self.patch_size):
-            raise ModelFileError(f"card patch size must be three positive ints, got {self.patch_size}")
+            raise ModelFileError(
+                f"card patch size must be three positive ints, got {self.patch_size}"
+            )
 
     @property
     def n_classes(self) -> int:

@@ -1,0 +1,213 @@
+"""PyTorch VeloxSeg to ONNX, with PWA as ``ai.veloxseg`` custom nodes and a model card inside.
+
+The exported graph has a dynamic batch axis and spatial axes fixed to the patch. Each PWA block
+becomes one ``ai.veloxseg::PairedWindowAttention`` node whose model-local function body (standard
+ops) lets stock ONNX Runtime run the file; the OpenVINO runtime maps the node to native ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+from veloxseg import __version__
+from veloxseg.export.card_defaults import default_card_fields
+from veloxseg.export.pwa_op import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    PairedWindowAttentionFunction,
+    attach_functions,
+    custom_nodes,
+    scheme_key,
+)
+from veloxseg.model import VeloxSeg, load_checkpoint, resolve_config, seeded_state_dict
+from veloxseg.model.pwa import PairedWindowAttention
+from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
+
+__all__ = ["DEFAULT_OPSET", "ExportResult", "build_card", "export_onnx", "load_card_file"]
+
+DEFAULT_OPSET = 17
+IR_VERSION = 10  # function overloads need IR 10
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced; ``max_abs_diff`` maps backend name to max |Δlogit| vs PyTorch."""
+
+    path: Path
+    card: ModelCard
+    custom_nodes: int
+    max_abs_diff: dict[str, float]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_card(
+    config_name: str,
+    config: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    source_sha256: str | None = None,
+) -> ModelCard:
+    """The card for a config: named defaults, then ``overrides`` (e.g. from a JSON card)."""
+    fields = default_card_fields(config_name, config)
+    fields.update(overrides or {})
+    norms = tuple(
+        n if isinstance(n, Normalization) else Normalization(**n) for n in fields["normalization"]
+    )
+    card = ModelCard(
+        config_name=config_name,
+        model_config=config,
+        modalities=tuple(fields["modalities"]),
+        normalization=norms,
+        class_names=tuple(fields["class_names"]),
+        label_values=tuple(int(v) for v in fields["label_values"]),
+        spacing=tuple(float(s) for s in fields["spacing"]),  # type: ignore[arg-type]
+        patch_size=tuple(int(s) for s in config["input_size"]),  # type: ignore[arg-type]
+        source_sha256=source_sha256,
+        exporter_version=f"veloxseg {__version__}",
+        custom_domain=DOMAIN,
+        custom_opset=DOMAIN_VERSION,
+        extra=dict(fields.get("extra", {})),
+    )
+    if card.in_channels != sum(config["in_ch"]):
+        raise ValueError(
+            f"card lists {card.in_channels} modalities but the model takes "
+            f"{sum(config['in_ch'])} input channels"
+        )
+    if card.n_classes != config.get("n_classes", 2):
+        raise ValueError(
+            f"card lists {card.n_classes} classes but the model outputs {config['n_classes']}"
+        )
+    return card
+
+
+def _custom_core(
+    self: PairedWindowAttention,
+    qs: list[torch.Tensor],
+    ks: list[torch.Tensor],
+    vs: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Replacement for :meth:`PairedWindowAttention.core` during export."""
+    tensors = [t for triple in zip(qs, ks, vs, strict=True) for t in triple]
+    size = tuple(int(s) for s in qs[0].shape[2:])
+    outs = PairedWindowAttentionFunction.apply(
+        self.scheme, len(qs), size, *tensors, self.export_bias
+    )
+    return list(outs)
+
+
+def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
+    """A copy whose PWA cores emit custom nodes, with each tiled bias as a constant buffer."""
+    model = copy.deepcopy(model).eval()
+    schemes: dict[str, tuple] = {}
+    size = [s // model.patch_size for s in model.config["input_size"]]
+    levels = model.encoder.encoder_attn.layers
+    for level, layer in enumerate(levels):
+        for block in layer.blocks:
+            attn = block.attn
+            modalities = len(attn.input_norms)
+            with torch.no_grad():
+                bias = attn.position_embedding.bias(modalities).detach().clone()
+            attn.register_buffer("export_bias", bias, persistent=False)
+            attn.core = types.MethodType(_custom_core, attn)
+            key = scheme_key(attn.scheme, modalities, tuple(size))
+            schemes[key] = (attn.scheme, modalities, tuple(size))
+        if level < len(levels) - 1:
+            size = [s // 2 for s in size]
+    return model, schemes
+
+
+def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            custom_opsets={DOMAIN: DOMAIN_VERSION},
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _declare_output_shape(proto: onnx.ModelProto, cfg: dict[str, Any]) -> None:
+    """Custom nodes hide the output shape from the tracer; state it: ``(batch, K, *patch)``."""
+    output = proto.graph.output[0]
+    dims = ["batch", cfg.get("n_classes", 2), *cfg["input_size"]]
+    output.CopyFrom(onnx.helper.make_tensor_value_info(output.name, onnx.TensorProto.FLOAT, dims))
+
+
+def export_onnx(
+    checkpoint: str | Path | None,
+    config: str | Path | dict[str, Any],
+    output: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    card_overrides: dict[str, Any] | None = None,
+    verify: bool = True,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+) -> ExportResult:
+    """Export a checkpoint (or, with ``checkpoint=None``, seeded weights) to ``output``.
+
+    With ``verify``, the file is run in ONNX Runtime and OpenVINO (f32) on a random input and
+    compared with PyTorch; a max |Δlogit| above ``tolerance`` raises :class:`ExportMismatchError`
+    (the file is still written, for inspection).
+    """
+    name, cfg = resolve_config(config)
+    if checkpoint is None:
+        model = VeloxSeg(**cfg).eval()
+        model.load_state_dict(seeded_state_dict(model, seed))
+        sha = None
+    else:
+        model = load_checkpoint(checkpoint, cfg)
+        sha = _sha256(Path(checkpoint))
+    card = build_card(name, cfg, card_overrides, sha)
+    export_model, schemes = _prepare_for_export(model)
+    example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
+    proto = _trace_to_onnx(export_model, example, opset)
+    attach_functions(proto, schemes, opset)
+    _declare_output_shape(proto, cfg)
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "veloxseg"
+    proto.producer_version = __version__
+    onnx.helper.set_model_props(proto, {CARD_KEY: card.to_json()})
+    onnx.checker.check_model(proto)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(proto.SerializeToString())
+    diffs: dict[str, float] = {}
+    if verify:
+        from veloxseg.export.verify import verify_export
+
+        diffs = verify_export(model, output, tolerance=tolerance)
+    return ExportResult(output, card, len(custom_nodes(proto)), diffs)
+
+
+def load_card_file(path: str | Path) -> dict[str, Any]:
+    """Card overrides from a JSON file (any subset of the card's fields)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read card file {path}: {e}") from e

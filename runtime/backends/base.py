@@ -1,0 +1,33 @@
+"""The protocol every backend implements, and the options that travel to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+__all__ = ["Backend", "BackendOptions", "Precision"]
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """``threads``: intra-op threads (None = all cores); ``precision``: fp32 or bf16."""
+
+    threads: int | None = None
+    precision: Precision = "fp32"
+
+
+class Backend(Protocol):
+    """Runs a ``(B, C, *patch)`` float32 batch to ``(B, K, *patch)`` float32 logits.
+
+    ``infer`` is thread-safe; ``parallel_requests`` calls may usefully run at once.
+    """
+
+    name: str
+    precision: Precision
+    parallel_requests: int
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...

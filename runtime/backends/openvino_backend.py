@@ -1,0 +1,52 @@
+"""OpenVINO backend: native PWA via a conversion extension, f32 or bf16 (AMX), async requests."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+from veloxseg.runtime.backends.base import BackendOptions
+from veloxseg.runtime.errors import ModelFileError
+from veloxseg.runtime.model_file import ModelFile
+from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
+
+__all__ = ["OpenVINOBackend"]
+
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVINOBackend:
+    """A compiled model with a pool of infer requests; ``infer`` borrows one per call."""
+
+    name = "openvino"
+
+    def __init__(self, model: ModelFile, options: BackendOptions) -> None:
+        import openvino as ov
+
+        self.precision = options.precision
+        core = ov.Core()
+        core.add_extension(pwa_conversion_extension())
+        config: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINT[options.precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        try:
+            compiled = core.compile_model(core.read_model(str(model.path)), "CPU", config)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ModelFileError(f"openvino cannot load {model.path}: {first}") from e
+        self._compiled = compiled
+        self.parallel_requests = 1
+        self._requests: queue.Queue = queue.Queue()
+        for _ in range(self.parallel_requests):
+            self._requests.put(compiled.create_infer_request())
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        request = self._requests.get()
+        try:
+            request.infer({0: batch}, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            self._requests.put(request)

@@ -1,0 +1,113 @@
+"""Open and validate a VeloxSeg ONNX file before any runtime sees it.
+
+A model file is untrusted input: it is parsed without loading external data, external tensors
+must lie inside the model's own folder, only standard domains and ``ai.veloxseg`` are accepted,
+and the model card must agree with the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from veloxseg.runtime.card import CARD_KEY, ModelCard
+from veloxseg.runtime.errors import ModelFileError
+
+__all__ = ["ALLOWED_DOMAINS", "ModelFile", "open_model_file"]
+
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.veloxseg"})
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A validated model: its path, card, SHA-256, and the parsed graph (no external data)."""
+
+    path: Path
+    card: ModelCard
+    sha256: str
+    proto: onnx.ModelProto
+
+    @property
+    def input_name(self) -> str:
+        return self.proto.graph.input[0].name
+
+
+def _read(path: Path) -> tuple[onnx.ModelProto, str]:
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; pass an exported .onnx file")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelFileError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it with "
+            "`veloxseg export`"
+        ) from e
+    if not proto.graph.node:
+        raise ModelFileError(f"{path} holds no ONNX graph; re-export it with `veloxseg export`")
+    return proto, hashlib.sha256(data).hexdigest()
+
+
+def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    root = folder.resolve()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise ModelFileError(
+                f"external data {location!r} of tensor {tensor.name!r} lies outside the model's "
+                "folder; refusing to read it"
+            )
+
+
+def _check_domains(proto: onnx.ModelProto) -> None:
+    domains = {o.domain for o in proto.opset_import}
+    domains |= {n.domain for n in proto.graph.node}
+    for fn in proto.functions:
+        domains |= {n.domain for n in fn.node} | {fn.domain}
+    foreign = sorted(domains - ALLOWED_DOMAINS)
+    if foreign:
+        raise ModelFileError(
+            f"model uses operator domains {foreign}; only standard ONNX and ai.veloxseg are allowed"
+        )
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    shape = value.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def _check_card_against_graph(card: ModelCard, proto: onnx.ModelProto) -> None:
+    inputs, outputs = proto.graph.input, proto.graph.output
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelFileError("a VeloxSeg model has one input and one output")
+    image, logits = _dims(inputs[0]), _dims(outputs[0])
+    expected_in = [card.in_channels, *card.patch_size]
+    if len(image) != 5 or image[1:] != expected_in:
+        raise ModelFileError(
+            f"model card says input (B, {card.in_channels}, {card.patch_size}) "
+            f"but the graph takes {image}"
+        )
+    if len(logits) != 5 or logits[1] != card.n_classes:
+        raise ModelFileError(
+            f"model card lists {card.n_classes} classes but the graph outputs {logits}"
+        )
+
+
+def open_model_file(path: str | Path) -> ModelFile:
+    """Parse and validate ``path``; raise :class:`ModelFileError` saying what is wrong."""
+    path = Path(path)
+    proto, sha = _read(path)
+    _check_external_data(proto, path.parent)
+    _check_domains(proto)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if CARD_KEY not in props:
+        raise ModelFileError(f"{path} has no VeloxSeg model card; export it with `veloxseg export`")
+    card = ModelCard.from_json(props[CARD_KEY])
+    _check_card_against_graph(card, proto)
+    return ModelFile(path=path, card=card, sha256=sha, proto=proto)
