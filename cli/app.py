@@ -1,0 +1,239 @@
+"""The ``veloxseg`` command: a thin Typer layer over the Python API.
+
+Only this layer turns errors into exit codes: a user-fixable problem prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from veloxseg.cli.output import print_case_summary, print_folder_summary
+from veloxseg.runtime.errors import VeloxSegError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fast CPU inference for VeloxSeg 3D segmentation models.",
+)
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn user errors into one line + exit 2, and anything else into one line + exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except (VeloxSegError, ValueError, FileNotFoundError, PermissionError) as e:
+            _fail(_one_line(e), 2)
+        except Exception as e:
+            if os.environ.get("VELOXSEG_DEBUG"):
+                raise
+            _fail(f"internal error ({type(e).__name__}: {_one_line(e)}); "
+                  "set VELOXSEG_DEBUG=1 for a traceback", 1)  # fmt: skip
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+Backend = Annotated[str, typer.Option(help="auto, openvino or onnxruntime.")]
+Precision = Annotated[str, typer.Option(help="auto, fp32 or bf16 (bf16: OpenVINO only).")]
+
+
+def _open_engine(model: Path | None, backend: str, precision: str, threads: int | None):  # type: ignore[no-untyped-def]
+    from veloxseg.runtime import Engine
+
+    if model is None:
+        from veloxseg.assets import bundled_model
+
+        model = bundled_model()
+    return Engine.open(model, backend=backend, precision=precision, threads=threads)  # type: ignore[arg-type]
+
+
+def _segment_options(**kwargs: Any):  # type: ignore[no-untyped-def]
+    from veloxseg.runtime.segment import SegmentOptions
+
+    if kwargs["blend"] not in ("constant", "gaussian"):
+        raise ValueError(f"--blend must be constant or gaussian, got {kwargs['blend']!r}")
+    return SegmentOptions(**kwargs)
+
+
+@app.command()
+@friendly_errors
+def segment(
+    input: Annotated[
+        list[Path],
+        typer.Option(
+            "-i",
+            "--input",
+            help="One file per modality in the model's order, one 4D NIfTI, "
+            "or a folder of nnU-Net-named cases.",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .nii.gz (or folder).")],
+    model: Annotated[
+        Path | None, typer.Option("-m", "--model", help="ONNX model (default: bundled).")
+    ] = None,
+    backend: Backend = "auto",
+    precision: Precision = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.25,
+    blend: Annotated[str, typer.Option(help="constant or gaussian.")] = "constant",
+    tta: Annotated[bool, typer.Option(help="Mirror over 3 axes (8x slower).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Windows per inference call.")] = 1,
+    save_probabilities: Annotated[bool, typer.Option(help="Also write probabilities.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    preview: Annotated[bool, typer.Option(help="Write a PNG preview beside the output.")] = False,
+) -> None:
+    """Segment NIfTI scans: one case (-i per modality, or one 4D file), or a folder of cases."""
+    options = _segment_options(
+        overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
+        save_probabilities=save_probabilities, preview=preview,
+    )  # fmt: skip
+    folder = len(input) == 1 and input[0].is_dir()
+    if not folder and output.exists() and not overwrite:
+        _fail(f"{output} exists; pass --overwrite to replace it", 2)
+    engine = _open_engine(model, backend, precision, threads)
+    if folder:
+        _run_folder(engine, input[0], output, options, overwrite, quiet)
+    else:
+        _run_case(engine, input, output, options, quiet)
+
+
+def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from veloxseg.runtime.segment import segment_case
+
+    result = segment_case(engine, inputs, output, replace(options, progress=not quiet))
+    if not quiet:
+        print_case_summary(err, result)
+    return result
+
+
+def _run_folder(
+    engine, input_dir: Path, output_dir: Path, options, overwrite: bool, quiet: bool
+) -> None:  # type: ignore[no-untyped-def]
+    from rich.progress import MofNCompleteColumn, Progress
+    from veloxseg.runtime.cases import find_cases, segment_folder
+
+    total = len(find_cases(input_dir, engine.metadata.in_channels))
+    with Progress(
+        *Progress.get_default_columns(), MofNCompleteColumn(), console=err, disable=quiet
+    ) as bar:
+        task = bar.add_task("cases", total=total)
+        report = segment_folder(
+            engine, input_dir, output_dir, options, overwrite=overwrite,
+            on_case=lambda case, status: bar.advance(task),
+        )  # fmt: skip
+    if not quiet or report.failed:
+        print_folder_summary(err, report)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path(
+        "veloxseg_demo"
+    ),
+    backend: Backend = "auto",
+    precision: Precision = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    overlap: float = 0.25,
+    blend: str = "constant",
+    tta: bool = False,
+    batch_size: int = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Segment the bundled sample with the bundled model and print the Dice against its label."""
+    import nibabel as nib
+    from veloxseg.assets import sample_case
+    from veloxseg.train.metrics import dice
+
+    inputs, label_path = sample_case()
+    options = _segment_options(
+        overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, preview=True
+    )
+    engine = _open_engine(None, backend, precision, threads)
+    output.mkdir(parents=True, exist_ok=True)
+    result = _run_case(engine, inputs, output / "sample_seg.nii.gz", options, quiet)
+    predicted = nib.load(result.output).get_fdata() > 0
+    reference = nib.load(label_path).get_fdata() > 0
+    typer.echo(f"Dice vs sample label: {dice(predicted, reference):.3f}")
+    typer.echo(f"wrote {result.output}, {result.sidecar}, {result.preview}")
+
+
+@app.command()
+@friendly_errors
+def info(
+    model: Annotated[Path | None, typer.Argument(help="ONNX model (default: bundled).")] = None,
+) -> None:
+    """Print a model's card, operator counts, size, inputs and outputs."""
+    from veloxseg.cli.output import print_model_info
+    from veloxseg.runtime.model_file import open_model_file
+
+    if model is None:
+        from veloxseg.assets import bundled_model
+
+        model = bundled_model()
+    print_model_info(Console(), open_model_file(model))
+
+
+@app.command()
+@friendly_errors
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Upstream-format or bare state-dict checkpoint.")
+    ],
+    config: Annotated[str, typer.Option("--config", "-c", help="Config name or JSON file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .onnx file.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    card: Annotated[Path | None, typer.Option(help="JSON with model-card overrides.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check parity in ORT and OpenVINO.")] = True,
+) -> None:
+    """Export a PyTorch checkpoint to ONNX with the ai.veloxseg custom op and a model card."""
+    try:
+        from veloxseg.export import ExportMismatchError, export_onnx, load_card_file
+    except ImportError as e:
+        _fail(f"export needs torch: pip install 'veloxseg[export]' ({e})", 2)
+    overrides = load_card_file(card) if card else None
+    try:
+        result = export_onnx(
+            checkpoint, config, output, opset=opset, card_overrides=overrides, verify=verify
+        )
+    except ExportMismatchError as e:
+        _fail(str(e), 1)
+    typer.echo(f"wrote {result.path} ({result.custom_nodes} ai.veloxseg nodes)")
+    for backend, diff in result.max_abs_diff.items():
+        typer.echo(f"  {backend}: max |Δlogit| vs PyTorch = {diff:.2e}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

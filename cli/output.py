@@ -1,0 +1,77 @@
+"""Human-readable summaries printed by the CLI (rich tables)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_case_summary", "print_folder_summary", "print_model_info"]
+
+
+def print_case_summary(console: Console, result) -> None:  # type: ignore[no-untyped-def]
+    """Timings per stage and volume per label of one segmented case."""
+    table = Table(title=f"{result.output.name}", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in result.timings.items():
+        table.add_row(stage, f"{seconds:.2f}")
+    table.add_row("total", f"{sum(result.timings.values()):.2f}")
+    console.print(table)
+    labels = Table(show_header=True)
+    for col in ("label", "voxels", "mL"):
+        labels.add_column(col, justify="right" if col != "label" else "left")
+    for name, entry in result.summary["labels"].items():
+        labels.add_row(name, str(entry["voxels"]), f"{entry['volume_ml']:.1f}")
+    console.print(labels)
+
+
+def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-untyped-def]
+    """Counts of done, skipped and failed cases, with each failure's reason."""
+    console.print(
+        f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
+    )
+    for case_id, reason in report.failed.items():
+        console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False)
+
+
+def print_model_info(console: Console, model) -> None:  # type: ignore[no-untyped-def]
+    """The card, operator counts, file size and graph inputs/outputs of a model file."""
+    card = model.card
+    table = Table(title=str(model.path), show_header=False)
+    rows = {
+        "config": card.config_name,
+        "modalities": ", ".join(card.modalities),
+        "normalisation": "; ".join(
+            f"{m}: {n.scheme}"
+            + (
+                f" clip [{n.clip_low}, {n.clip_high}] mean {n.mean} std {n.std}"
+                if n.scheme == "ct"
+                else ""
+            )
+            for m, n in zip(card.modalities, card.normalization, strict=True)
+        ),
+        "classes": ", ".join(
+            f"{v}={c}" for c, v in zip(card.class_names, card.label_values, strict=True)
+        ),
+        "spacing (mm)": " x ".join(map(str, card.spacing)),
+        "patch": " x ".join(map(str, card.patch_size)),
+        "source sha256": card.source_sha256 or "-",
+        "exporter": card.exporter_version,
+        "file size": f"{model.path.stat().st_size / 1e6:.2f} MB",
+        "file sha256": model.sha256,
+    }
+    for graph_io in (*model.proto.graph.input, *model.proto.graph.output):
+        dims = [d.dim_param or d.dim_value for d in graph_io.type.tensor_type.shape.dim]
+        rows[f"tensor {graph_io.name}"] = str(dims)
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+    counts = Counter((n.domain or "ai.onnx") + "::" + n.op_type for n in model.proto.graph.node)
+    ops = Table(title="operators (main graph)")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in counts.most_common():
+        ops.add_row(op, str(count))
+    console.print(ops)

@@ -1,0 +1,234 @@
+"""Segment one case end to end: NIfTI in, NIfTI (+ JSON sidecar, preview) out.
+
+Stages are functions over arrays plus small metadata records, each with its inverse:
+load -> canonical (RAS) -> normalise -> resample to model spacing -> tiled inference ->
+resample scores back + argmax -> original orientation -> atomic save.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nibabel.affines import voxel_sizes
+from veloxseg.runtime.engine import Engine
+from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.nifti_io import (
+    DEFAULT_MAX_VOXELS,
+    ImageGeometry,
+    atomic_write_bytes,
+    load_case,
+    save_labels,
+    save_probabilities,
+)
+from veloxseg.runtime.normalization import normalize
+from veloxseg.runtime.orientation import from_canonical, to_canonical
+from veloxseg.runtime.resampling import (
+    SPACING_RTOL,
+    new_shape,
+    resample_labels_via_probabilities,
+    resample_to_shape,
+    resample_to_spacing,
+)
+from veloxseg.runtime.tiling import Blend
+
+__all__ = ["CaseResult", "SegmentOptions", "output_paths", "segment_case"]
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Inference and output options of ``veloxseg segment``."""
+
+    overlap: float = 0.25
+    blend: Blend = "constant"
+    batch_size: int = 1
+    tta: bool = False
+    save_probabilities: bool = False
+    preview: bool = False
+    progress: bool = False
+    max_voxels: int = DEFAULT_MAX_VOXELS
+
+
+@dataclass
+class CaseResult:
+    """Where a case's outputs went and what it took."""
+
+    output: Path
+    sidecar: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    preview: Path | None = None
+    probabilities: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def output_paths(output: Path) -> dict[str, Path]:
+    """The files a case writes beside ``output`` (``x.nii.gz`` -> ``x.json``, ``x.png``...)."""
+    name = output.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return {
+        "labels": output,
+        "sidecar": output.with_name(stem + ".json"),
+        "preview": output.with_name(stem + ".png"),
+        "probabilities": output.with_name(stem + "_probabilities.nii.gz"),
+    }
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 4)
+
+
+def _check_output(output: Path, inputs: Sequence[Path]) -> None:
+    if not (output.name.endswith(".nii.gz") or output.suffix == ".nii"):
+        raise InputError(f"output {output} must end in .nii.gz or .nii")
+    resolved = output.resolve()
+    if any(resolved == Path(p).resolve() for p in inputs):
+        raise InputError(f"output {output} is one of the inputs; choose another output path")
+
+
+def _model_grid(
+    data: np.ndarray, affine: np.ndarray, engine: Engine, max_voxels: int
+) -> tuple[np.ndarray, bool]:
+    """Normalise, then resample to the model spacing; returns (volume, resampled?)."""
+    card = engine.metadata
+    spacing = tuple(float(s) for s in voxel_sizes(affine))
+    target = card.spacing
+    shape = new_shape(data.shape[1:], spacing, target)
+    if int(np.prod(shape, dtype=np.int64)) > max_voxels:
+        raise InputError(
+            f"resampled to the model spacing {target} mm the image would have {shape} voxels, "
+            f"over the limit of {max_voxels}; check the header's voxel size ({spacing} mm)"
+        )
+    normalize(data, card.normalization)
+    same = all(abs(a - b) <= SPACING_RTOL * b for a, b in zip(spacing, target, strict=True))
+    if same:
+        return data, False
+    return resample_to_spacing(data, spacing, target, order=1), True
+
+
+def _map_labels(indices: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Class indices to the card's label values (e.g. BraTS index 3 -> label 4)."""
+    if list(label_values) == list(range(len(label_values))):
+        return indices
+    lut = np.asarray(label_values, dtype=np.uint16 if max(label_values) > 255 else np.uint8)
+    return lut[indices]
+
+
+def _infer_labels(
+    engine: Engine, volume: np.ndarray, canonical_shape: tuple[int, ...], resampled: bool,
+    options: SegmentOptions,
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Class indices on the canonical input grid, and probabilities there if asked for."""
+    kwargs = dict(
+        overlap=options.overlap,
+        blend=options.blend,
+        batch_size=options.batch_size,
+        tta=options.tta,
+        progress=options.progress,
+    )
+    if options.save_probabilities:
+        probs = engine.predict_volume(volume, output="probabilities", **kwargs)
+        if resampled:
+            probs = resample_to_shape(probs, canonical_shape, order=1)
+        return np.argmax(probs, axis=0).astype(np.uint8), probs
+    if not resampled:
+        return engine.predict_volume(volume, output="labels", **kwargs), None
+    logits = engine.predict_volume(volume, output="logits", **kwargs)
+    return resample_labels_via_probabilities(logits, canonical_shape, order=1), None
+
+
+def segment_case(
+    engine: Engine,
+    inputs: Sequence[Path],
+    output: Path,
+    options: SegmentOptions | None = None,
+) -> CaseResult:
+    """Segment the scan in ``inputs`` (one file per modality, or one 4D file) into ``output``.
+
+    The label map has the input's shape, affine and qform/sform codes; nothing is written under
+    a final name unless the whole case succeeded.
+    """
+    options = options or SegmentOptions()
+    output = Path(output)
+    _check_output(output, inputs)
+    card = engine.metadata
+    clock = _Stopwatch()
+    with clock.stage("load"):
+        data, geometry = load_case(
+            inputs, card.in_channels, max_voxels=options.max_voxels, modality_names=card.modalities
+        )
+    background = data[0].copy() if options.preview else None
+    with clock.stage("preprocess"):
+        canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
+        canonical = np.ascontiguousarray(canonical)
+        canonical_shape = canonical.shape[1:]
+        volume, resampled = _model_grid(canonical, canonical_affine, engine, options.max_voxels)
+        del data, canonical
+    with clock.stage("inference"):
+        indices, probs = _infer_labels(engine, volume, canonical_shape, resampled, options)
+        del volume
+    with clock.stage("postprocess"):
+        labels = np.ascontiguousarray(
+            from_canonical(_map_labels(indices, card.label_values), reorientation)
+        )
+    paths = output_paths(output)
+    result = CaseResult(output=output, sidecar=paths["sidecar"])
+    with clock.stage("save"):
+        save_labels(labels, geometry, paths["labels"], inputs=inputs)
+        if probs is not None:
+            probs = np.ascontiguousarray(from_canonical(probs, reorientation))
+            save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
+            result.probabilities = paths["probabilities"]
+        if background is not None:
+            from veloxseg.runtime.preview import write_preview
+
+            write_preview(labels, background, geometry, paths["preview"])
+            result.preview = paths["preview"]
+    result.timings = clock.timings
+    result.summary = _sidecar(engine, labels, geometry, inputs, result)
+    atomic_write_bytes(paths["sidecar"], (json.dumps(result.summary, indent=2) + "\n").encode())
+    return result
+
+
+def _sidecar(
+    engine: Engine,
+    labels: np.ndarray,
+    geometry: ImageGeometry,
+    inputs: Sequence[Path],
+    result: CaseResult,
+) -> dict[str, Any]:
+    card = engine.metadata
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=max(card.label_values) + 1)
+    per_label = {
+        name: {
+            "label": int(value),
+            "voxels": int(counts[value]),
+            "volume_ml": round(float(counts[value]) * voxel_ml, 3),
+        }
+        for name, value in zip(card.class_names, card.label_values, strict=True)
+    }
+    return {
+        "inputs": [str(p) for p in inputs],
+        "output": str(result.output),
+        "shape": list(geometry.shape),
+        "spacing_mm": list(geometry.spacing),
+        "labels": per_label,
+        "timings_s": result.timings,
+        "backend": engine.backend.name,
+        "precision": engine.backend.precision,
+        "model_sha256": engine.model.sha256,
+        "model_config": card.config_name,
+    }
