@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+
 from veloxseg.cli.output import print_case_summary, print_folder_summary
 from veloxseg.runtime.errors import VeloxSegError
 
@@ -139,6 +140,7 @@ def _run_folder(
     engine, input_dir: Path, output_dir: Path, options, overwrite: bool, quiet: bool
 ) -> None:  # type: ignore[no-untyped-def]
     from rich.progress import MofNCompleteColumn, Progress
+
     from veloxseg.runtime.cases import find_cases, segment_folder
 
     total = len(find_cases(input_dir, engine.metadata.in_channels))
@@ -173,6 +175,7 @@ def demo(
 ) -> None:
     """Segment the bundled sample with the bundled model and print the Dice against its label."""
     import nibabel as nib
+
     from veloxseg.assets import sample_case
     from veloxseg.train.metrics import dice
 

@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 import torch
 from torch import nn
+
 from veloxseg import __version__
 from veloxseg.export.card_defaults import default_card_fields
 from veloxseg.export.pwa_op import (

@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper
 from torch import nn
+
 from veloxseg.model.pwa import WindowScheme, window_attention_core
 
 __all__ = [

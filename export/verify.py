@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
 from veloxseg.runtime import Engine
 
 __all__ = ["ExportMismatchError", "verify_export"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from veloxseg.model.configs import CONFIG_NAMES, get_config, resolve_config
 from veloxseg.model.network import VeloxSeg
 

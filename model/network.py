@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from veloxseg.model.layers import DownConv, PatchEmbed, UpConv, jlc_layer, pixel_shuffle_3d
 from veloxseg.model.pwa import TransformerLevel, WindowScheme
 

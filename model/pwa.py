@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from veloxseg.model.layers import FFN, ChannelsFirstLayerNorm, PatchMerging
 
 __all__ = [

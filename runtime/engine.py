@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
 from veloxseg.runtime.card import ModelCard
 from veloxseg.runtime.errors import InputError

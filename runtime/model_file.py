@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+
 from veloxseg.runtime.card import CARD_KEY, ModelCard
 from veloxseg.runtime.errors import ModelFileError
 

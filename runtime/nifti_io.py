@@ -34,6 +34,7 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
+
 from veloxseg.runtime.errors import InputError
 
 __all__ = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from veloxseg.runtime.card import Normalization
 
 __all__ = ["STD_FLOOR", "normalize"]

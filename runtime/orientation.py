@@ -19,6 +19,7 @@ from nibabel.orientations import (
     ornt2axcodes,
     ornt_transform,
 )
+
 from veloxseg.runtime.errors import InputError
 
 __all__ = ["Reorientation", "from_canonical", "to_canonical"]

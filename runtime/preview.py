@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
 from veloxseg.runtime.nifti_io import ImageGeometry, atomic_write_bytes
 
 __all__ = ["preview_centre", "write_preview"]

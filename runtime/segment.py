@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from nibabel.affines import voxel_sizes
+
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.nifti_io import (

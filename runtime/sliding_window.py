@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 from rich.progress import MofNCompleteColumn, Progress
+
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.tiling import (
     Blend,

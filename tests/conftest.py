@@ -24,3 +24,20 @@ def reference() -> Path:
     if not (path / "autopetii_checkpoint.pth").is_file():
         pytest.skip(f"upstream reference checkpoint not found at {path} (set VELOXSEG_REFERENCE)")
     return path
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Export one config with seeded weights once per session: ``exported(name) -> Path``."""
+    from veloxseg.export import export_onnx
+
+    cache: dict[str, Path] = {}
+    folder = tmp_path_factory.mktemp("exported")
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            seed = ("autopetii", "brats2021", "hecktor2022").index(name) + 1
+            cache[name] = export_onnx(None, name, folder / f"{name}.onnx", seed=seed).path
+        return cache[name]
+
+    return get

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from make_upstream_fingerprints import STRIDE, fingerprint_input
+
 from veloxseg.model import (
     CONFIG_NAMES,
     VeloxSeg,

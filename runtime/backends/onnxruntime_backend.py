@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from veloxseg.runtime.backends.base import BackendOptions
 from veloxseg.runtime.errors import ModelFileError
 from veloxseg.runtime.model_file import ModelFile

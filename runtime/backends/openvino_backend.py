@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 
 import numpy as np
+
 from veloxseg.runtime.backends.base import BackendOptions
 from veloxseg.runtime.errors import ModelFileError
 from veloxseg.runtime.model_file import ModelFile

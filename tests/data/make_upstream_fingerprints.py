@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from veloxseg.model import VeloxSeg, get_config, seeded_state_dict
 
 STRIDE = 3
