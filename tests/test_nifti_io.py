@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from veloxseg.runtime import nifti_io
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.nifti_io import (

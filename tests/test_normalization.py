@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from veloxseg.runtime.card import Normalization
 from veloxseg.runtime.normalization import normalize
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.orientation import from_canonical, to_canonical
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from veloxseg.runtime.resampling import (
     new_shape,
     resample_labels_via_probabilities,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
+
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.sliding_window import sliding_window_predict
 from veloxseg.runtime.tiling import (
