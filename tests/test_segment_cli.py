@@ -1,0 +1,226 @@
+"""`veloxseg segment` end to end on real NIfTI files: headers and orientation preserved, bad
+input rejected in one line with exit code 2 and no output, folder mode skips, resumes and
+survives failing cases."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from veloxseg.cli.app import app
+
+SPACING = (2.03642, 2.03642, 3.0)
+runner = CliRunner()
+
+
+def _scan(shape=(60, 50, 40), seed=0) -> np.ndarray:
+    """Smooth random CT-like and PET-like channels (C, X, Y, Z)."""
+    rng = np.random.default_rng(seed)
+    ct = ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 3000 - 200
+    pet = np.abs(ndimage.gaussian_filter(rng.standard_normal(shape), 2)) * 20
+    return np.stack([ct, pet]).astype(np.float32)
+
+
+def _ras_affine(shape) -> np.ndarray:
+    affine = np.diag([*SPACING, 1.0])
+    affine[:3, 3] = -np.array(SPACING) * np.array(shape) / 2
+    return affine
+
+
+def _write(folder, name, data, affine) -> list:
+    paths = []
+    for c, channel in enumerate(data):
+        img = nib.Nifti1Image(channel, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        path = folder / f"{name}_{c:04d}.nii.gz"
+        nib.save(img, path)
+        paths.append(path)
+    return paths
+
+
+def _segment(model, inputs, output, *extra):
+    args = ["segment", "-m", str(model), "-o", str(output), "--threads", "2", "-q"]
+    for path in inputs:
+        args += ["-i", str(path)]
+    return runner.invoke(app, [*args, *extra])
+
+
+def _variants(data):
+    """The same scan stored four ways: (name, data, affine)."""
+    shape = data.shape[1:]
+    ras = _ras_affine(shape)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3], flip[1, 3] = shape[0] - 1, shape[1] - 1
+    perm = np.zeros((4, 4))
+    perm[[0, 1, 2, 3], [1, 2, 0, 3]] = 1  # file axes (z, x, y) -> RAS voxel axes
+    angle = np.deg2rad(8)
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    return [
+        ("RAS", data, ras),
+        ("LPS", data[:, ::-1, ::-1, :].copy(), ras @ flip),
+        ("ZXY", data.transpose(0, 3, 1, 2).copy(), ras @ perm),
+        ("oblique", data, rot @ ras),
+    ]
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    return exported("autopetii")
+
+
+def test_same_scan_in_any_orientation_segments_to_same_world_labels(model, tmp_path):
+    data = _scan()
+    canonical = {}
+    for name, array, affine in _variants(data):
+        inputs = _write(tmp_path, name, array, affine)
+        out = tmp_path / f"{name}_seg.nii.gz"
+        result = _segment(model, inputs, out)
+        assert result.exit_code == 0, result.output
+        seg = nib.load(out)
+        assert seg.shape == array.shape[1:]
+        assert np.allclose(seg.affine, affine)
+        assert seg.header["qform_code"] == 1 and seg.header["sform_code"] == 1
+        assert seg.get_data_dtype() == np.uint8
+        image, label = sitk.ReadImage(str(inputs[0])), sitk.ReadImage(str(out))
+        assert np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-4)
+        assert np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-6)
+        assert np.allclose(image.GetSpacing(), label.GetSpacing(), atol=1e-6)
+        canonical[name] = np.asarray(nib.as_closest_canonical(seg).dataobj)
+    for name in ("LPS", "ZXY", "oblique"):
+        assert np.array_equal(canonical[name], canonical["RAS"]), name
+    sidecar = json.loads((tmp_path / "RAS_seg.json").read_text())
+    assert set(sidecar["labels"]) == {"background", "lesion"}
+    assert {"load", "preprocess", "inference", "postprocess", "save"} <= set(sidecar["timings_s"])
+    assert len(sidecar["model_sha256"]) == 64
+
+
+def test_other_spacing_is_resampled_and_output_keeps_input_grid(model, tmp_path):
+    data = _scan((70, 64, 30), seed=1)
+    affine = np.diag([1.5, 1.5, 4.0, 1.0])
+    inputs = _write(tmp_path, "iso", data, affine)
+    out = tmp_path / "iso_seg.nii.gz"
+    result = _segment(model, inputs, out, "--save-probabilities", "--preview")
+    assert result.exit_code == 0, result.output
+    seg = nib.load(out)
+    assert seg.shape == (70, 64, 30) and np.allclose(seg.affine, affine)
+    probs = nib.load(tmp_path / "iso_seg_probabilities.nii.gz")
+    assert probs.shape == (70, 64, 30, 2)
+    assert np.allclose(np.asarray(probs.dataobj).sum(-1), 1, atol=1e-4)
+    assert (tmp_path / "iso_seg.png").stat().st_size > 1000
+
+
+def test_single_4d_input_equals_separate_files(model, tmp_path):
+    data = _scan(seed=2)
+    affine = _ras_affine(data.shape[1:])
+    separate = _write(tmp_path, "sep", data, affine)
+    nib.save(nib.Nifti1Image(np.moveaxis(data, 0, -1), affine), tmp_path / "stack.nii.gz")
+    assert _segment(model, separate, tmp_path / "a.nii.gz").exit_code == 0
+    assert _segment(model, [tmp_path / "stack.nii.gz"], tmp_path / "b.nii.gz").exit_code == 0
+    a = np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj)
+    assert np.array_equal(a, np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj))
+
+
+def _bad_inputs(tmp_path):
+    data = _scan((40, 40, 30), seed=3)
+    affine = _ras_affine(data.shape[1:])
+    good = _write(tmp_path, "good", data, affine)
+    truncated = tmp_path / "trunc_0000.nii.gz"
+    truncated.write_bytes(good[0].read_bytes()[: good[0].stat().st_size // 2])
+    text = tmp_path / "text.nii.gz"
+    text.write_bytes(gzip.compress(b"hello, not a nifti"))
+    other_shape = _write(tmp_path, "shape", _scan((40, 40, 31)), affine)
+    shifted = affine.copy()
+    shifted[0, 3] += 5
+    moved = _write(tmp_path, "moved", data, shifted)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(data[0, :, :, 0], np.eye(4)), flat)
+    five = tmp_path / "five.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 30, 1, 2), np.float32), affine), five)
+    nan = data.copy()
+    nan[0, 3, 3, 3] = np.nan
+    nans = _write(tmp_path, "nan", nan, affine)
+    return {
+        "missing": ([tmp_path / "nope_0000.nii.gz", good[1]], "does not exist"),
+        "truncated gzip": ([truncated, good[1]], "truncated"),
+        "not nifti": ([text, good[1]], "NIfTI"),
+        "one modality": ([good[0]], "2 modalities"),
+        "shapes differ": ([other_shape[0], good[1]], "shape"),
+        "affines differ": ([moved[0], good[1]], "affine"),
+        "2D": ([flat, flat], "2D"),
+        "5D": ([five], "5D"),
+        "NaN": ([nans[0], nans[1]], "NaN"),
+    }
+
+
+def test_each_bad_input_gets_one_line_exit_2_and_no_output(model, tmp_path):
+    for case, (inputs, phrase) in _bad_inputs(tmp_path).items():
+        out = tmp_path / "out" / f"{case.replace(' ', '_')}.nii.gz"
+        result = _segment(model, inputs, out)
+        assert result.exit_code == 2, (case, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (case, result.output)
+        assert phrase.lower() in lines[0].lower(), (case, lines[0])
+        assert "Traceback" not in result.output
+        assert not out.exists() and not (out.parent / (out.name[:-7] + ".json")).exists()
+
+
+def test_bad_model_files_get_one_line_exit_2(tmp_path):
+    inputs = _write(tmp_path, "ok", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "other",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph), other)
+    for model, phrase in ((garbage, "not a readable ONNX"), (other, "no VeloxSeg model card")):
+        result = _segment(model, inputs, tmp_path / "o.nii.gz")
+        assert result.exit_code == 2, result.output
+        assert phrase in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_output_that_is_an_input_is_refused(model, tmp_path):
+    inputs = _write(tmp_path, "self", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    before = inputs[0].read_bytes()
+    result = _segment(model, inputs, inputs[0], "--overwrite")
+    assert result.exit_code == 2
+    assert inputs[0].read_bytes() == before
+
+
+def test_folder_mode_skips_resumes_and_reports_failing_case(model, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for i in range(2):
+        data = _scan((40, 40, 30), seed=10 + i)
+        _write(cases, f"case{i}", data, _ras_affine((40, 40, 30)))
+    broken = _write(cases, "broken", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    broken[1].write_bytes(broken[1].read_bytes()[:100])
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(cases), "-o", str(out), "-m", str(model), "--threads", "2"]
+
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1
+    assert "done 2, skipped 0, failed 1" in first.output and "broken" in first.output
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz"]
+    stamp = (out / "case0.nii.gz").stat().st_mtime_ns
+
+    (out / "case1.json").unlink()  # as if killed after the labels but before the sidecar
+    second = runner.invoke(app, args)
+    assert "done 1, skipped 1, failed 1" in second.output
+    assert (out / "case0.nii.gz").stat().st_mtime_ns == stamp
+    assert (out / "case1.json").exists()
+    assert not list(out.glob(".*tmp*"))
