@@ -125,7 +125,7 @@ def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
             modalities = len(attn.input_norms)
             with torch.no_grad():
                 bias = attn.position_embedding.bias(modalities).detach().clone()
-            attn.register_buffer("export_bias", bias, persistent=False)
+            attn.register_buffer("export_bias", bias)
             attn.core = types.MethodType(_custom_core, attn)
             key = scheme_key(attn.scheme, modalities, tuple(size))
             schemes[key] = (attn.scheme, modalities, tuple(size))
@@ -148,6 +148,7 @@ def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.
             output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             custom_opsets={DOMAIN: DOMAIN_VERSION},
+            do_constant_folding=False,  # keep state-dict names on every weight
         )
     return onnx.load_from_string(buffer.getvalue())
 

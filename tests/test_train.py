@@ -127,9 +127,9 @@ def test_ct_statistics_and_normalization() -> None:
     phantoms = generate_phantoms([0, 1], SMALL, workers=1)
     stats = ct_statistics(phantoms)
     assert stats["clip_low"] < stats["mean"] < stats["clip_high"] and stats["std"] > 0
-    fg = np.concatenate([normalize_case(p.pet, p.ct, stats)[1][p.label > 0] for p in phantoms])
+    fg = np.concatenate([normalize_case(p.pet, p.ct, stats)[0][p.label > 0] for p in phantoms])
     assert fg.mean() == pytest.approx(0.0, abs=1e-3) and fg.std() == pytest.approx(1.0, rel=1e-3)
-    pet = normalize_case(phantoms[0].pet, phantoms[0].ct, stats)[0]
+    pet = normalize_case(phantoms[0].pet, phantoms[0].ct, stats)[1]
     assert pet.dtype == np.float32
     assert pet.mean() == pytest.approx(0.0, abs=1e-4) and pet.std() == pytest.approx(1.0, rel=1e-4)
 
@@ -172,7 +172,7 @@ def test_train_checkpoint_and_resume_on_cpu(tmp_path: Path) -> None:
     assert shipped.stat().st_size < 16 * 2**20
     model = load_checkpoint(shipped, "autopetii")
     norm = json.loads((tmp_path / "a" / NORMALIZATION_FILE).read_text())
-    assert norm["modalities"] == ["PET", "CT"] and norm["normalization"][1]["scheme"] == "ct"
+    assert norm["modalities"] == ["CT", "PET"] and norm["normalization"][0]["scheme"] == "ct"
 
     again = TrainConfig(out_dir=tmp_path / "b", steps=3, **common)
     resumed = train(again, progress=False, resume=tmp_path / "a" / LAST_CHECKPOINT)

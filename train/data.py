@@ -1,12 +1,13 @@
 """Training data: phantom pools, nnU-Net style intensity normalisation, and patch sampling.
 
-Why: the network trains on 96^3 patches of normalised (PET, CT) pairs. Normalisation must match
+Why: the network trains on 96^3 patches of normalised (CT, PET) pairs. Normalisation must match
 what the runtime applies from the model card (PET z-scored per volume; CT clipped to the pool's
 0.5/99.5 foreground percentiles and z-scored with the pool's statistics), so the statistics
 computed here are written next to the checkpoint. Patches are cut on the training device, from
 cases that stay there, so that a GPU is never waiting for a CPU data loader.
 
-Arrays are ``(X, Y, Z)`` per modality and ``(C, X, Y, Z)`` stacked, channel 0 PET, channel 1 CT.
+Arrays are ``(X, Y, Z)`` per modality and ``(C, X, Y, Z)`` stacked, channel 0 CT, channel 1 PET
+(the upstream training order, ``inputs = [ct, pet]``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from veloxseg.runtime.card import Normalization
+from veloxseg.runtime.normalization import normalize
 from veloxseg.train.phantom import Phantom, make_phantom
 
 __all__ = [
@@ -34,9 +37,8 @@ __all__ = [
     "normalize_case",
 ]
 
-MODALITIES = ("PET", "CT")
+MODALITIES = ("CT", "PET")
 HELD_OUT_FIRST_SEED = 10_000  # phantoms from this seed on are kept for evaluation
-_STD_FLOOR = 1e-8
 
 
 def ct_statistics(phantoms: Sequence[Phantom]) -> dict[str, float]:
@@ -60,25 +62,19 @@ def ct_statistics(phantoms: Sequence[Phantom]) -> dict[str, float]:
 
 
 def normalize_case(pet: np.ndarray, ct: np.ndarray, stats: dict[str, float]) -> np.ndarray:
-    """``(2, X, Y, Z)`` float32: PET z-scored over the whole volume, CT clipped and z-scored with
-    the pool ``stats`` from :func:`ct_statistics`."""
+    """``(2, X, Y, Z)`` float32 (CT, PET), normalised by the runtime's own code from the card
+    fields of :func:`normalization_record`, so training and inference cannot drift apart."""
     if pet.shape != ct.shape:
         raise ValueError(f"PET shape {pet.shape} differs from CT shape {ct.shape}")
-    pet_mean, pet_std = pet.mean(dtype=np.float64), pet.std(dtype=np.float64)
-    out = np.empty((2, *pet.shape), dtype=np.float32)
-    np.subtract(pet, np.float32(pet_mean), out=out[0])
-    out[0] /= np.float32(max(pet_std, _STD_FLOOR))
-    np.clip(ct, stats["clip_low"], stats["clip_high"], out=out[1])
-    out[1] -= np.float32(stats["mean"])
-    out[1] /= np.float32(max(stats["std"], _STD_FLOOR))
-    return out
+    schemes = [Normalization(**n) for n in normalization_record(stats)["normalization"]]
+    return normalize(np.stack([ct, pet]).astype(np.float32, copy=False), schemes)
 
 
 def normalization_record(stats: dict[str, float]) -> dict[str, Any]:
     """Modality order and per-modality schemes in the model card's ``Normalization`` fields."""
     return {
         "modalities": list(MODALITIES),
-        "normalization": [{"scheme": "zscore"}, {"scheme": "ct", **stats}],
+        "normalization": [{"scheme": "ct", **stats}, {"scheme": "zscore"}],
     }
 
 
