@@ -237,6 +237,44 @@ def export(
         typer.echo(f"  {backend}: max |Δlogit| vs PyTorch = {diff:.2e}")
 
 
+@app.command()
+@friendly_errors
+def bench(
+    model: Annotated[
+        Path | None, typer.Option("-m", "--model", help="ONNX model (default: bundled).")
+    ] = None,
+    backends: Annotated[
+        str, typer.Option(help="Comma-separated formats.")
+    ] = "openvino-fp32,openvino-bf16,onnxruntime-fp32",
+    threads: Annotated[int, typer.Option(help="Threads for every engine and for PyTorch.")] = 2,
+    iterations: Annotated[int, typer.Option(help="Timed patches per format.")] = 10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a bar chart PNG.")] = None,
+) -> None:
+    """Patches/s, latency, peak RSS and accuracy per backend x precision vs PyTorch eager."""
+    from veloxseg.cli.bench import (
+        bench_patches,
+        cpu_description,
+        print_results,
+        write_json,
+        write_plot,
+    )
+
+    if model is None:
+        from veloxseg.assets import bundled_model
+
+        model = bundled_model()
+    results = bench_patches(
+        model, [b.strip() for b in backends.split(",") if b.strip()], threads, iterations
+    )
+    print_results(Console(), results, threads)
+    meta = {"model": str(model), "threads": threads, "iterations": iterations}
+    if json_out:
+        write_json(json_out, results, meta)
+    if plot:
+        write_plot(plot, results, f"{cpu_description()}, {threads} threads")
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
@@ -15,7 +16,7 @@ from onnx import numpy_helper
 from veloxseg.model import VeloxSeg
 from veloxseg.runtime.model_file import open_model_file
 
-__all__ = ["torch_model_from_onnx"]
+__all__ = ["measure_eager", "torch_model_from_onnx"]
 
 _BIAS_SUFFIX = ".export_bias"
 
@@ -41,3 +42,19 @@ def torch_model_from_onnx(path: str | Path) -> VeloxSeg:
             state[name] = tensor
     model.load_state_dict(state, strict=True)
     return model
+
+
+def measure_eager(
+    path: str, threads: int, x: np.ndarray, iterations: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Upstream-equivalent PyTorch eager on ``threads`` threads: per-patch timing and logits."""
+    from veloxseg.runtime.benchmark import peak_rss_mb, summarise, time_calls
+
+    torch.set_num_threads(threads)
+    model = torch_model_from_onnx(path)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x)).numpy()
+        single = torch.from_numpy(x[:1])
+        stats = summarise(time_calls(lambda: model(single), iterations), 1)
+    stats["peak_rss_mb"] = peak_rss_mb()
+    return stats, logits

@@ -1,0 +1,174 @@
+"""`veloxseg bench`: patch throughput and accuracy of each backend x precision against PyTorch
+eager fp32 of the same weights, measured in the same run on the same threads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from veloxseg.runtime.benchmark import (
+    FormatResult,
+    compare_logits,
+    file_size_mb,
+    measure_engine,
+    run_isolated,
+)
+
+__all__ = ["FORMATS", "bench_patches", "cpu_description", "results_table"]
+
+FORMATS = {
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "onnxruntime-fp32": ("onnxruntime", "fp32"),
+}
+
+
+def cpu_description() -> str:
+    """CPU model name and core count, for recording results with the machine."""
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def sample_patches(model: Path, count: int) -> np.ndarray:
+    """``count`` preprocessed patches of the bundled sample (real anatomy, not noise), so that
+    argmax agreement means something for a trained model."""
+    from veloxseg.assets import sample_case
+    from veloxseg.runtime.model_file import open_model_file
+    from veloxseg.runtime.nifti_io import load_case
+    from veloxseg.runtime.normalization import normalize
+    from veloxseg.runtime.orientation import to_canonical
+    from veloxseg.runtime.tiling import plan_tiles
+
+    card = open_model_file(model).card
+    inputs, _ = sample_case()
+    data, geometry = load_case(inputs, card.in_channels)
+    volume = normalize(
+        np.ascontiguousarray(to_canonical(data, geometry.affine)[0]), card.normalization
+    )
+    plan = plan_tiles(volume.shape[1:], card.patch_size, 0.25)
+    padded = np.pad(volume, ((0, 0), *plan.pad))
+    picks = np.linspace(0, len(plan.starts) - 1, count).round().astype(int)
+    patches = [
+        padded[
+            (
+                slice(None),
+                *(slice(s, s + p) for s, p in zip(plan.starts[i], card.patch_size, strict=True)),
+            )
+        ]
+        for i in picks
+    ]
+    return np.ascontiguousarray(np.stack(patches), dtype=np.float32)
+
+
+def bench_patches(
+    model: Path, formats: list[str], threads: int, iterations: int, patches: int = 2
+) -> list[FormatResult]:
+    """One row per format plus PyTorch eager (when torch is installed), each in its own process."""
+    x = sample_patches(model, patches)
+    size = file_size_mb(model)
+    results: list[FormatResult] = []
+    reference = None
+    eager_ms = None
+    if importlib.util.find_spec("torch") is not None:
+        from veloxseg.export.torch_reference import measure_eager
+
+        stats, reference = run_isolated(measure_eager, str(model), threads, x, iterations)
+        eager_ms = stats["ms_median"]
+        results.append(
+            FormatResult(
+                "pytorch-eager-fp32",
+                size_mb=size,
+                max_abs_diff=0.0,
+                agreement=1.0,
+                speedup_vs_eager=1.0,
+                **stats,
+            )
+        )
+    for name in formats:
+        if name not in FORMATS:
+            raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+        backend, precision = FORMATS[name]
+        try:
+            stats, logits = run_isolated(
+                measure_engine, str(model), backend, precision, threads, x, iterations
+            )
+        except Exception as e:  # a format that fails on this machine is reported, not fatal
+            results.append(FormatResult(name, status=f"failed: {str(e).splitlines()[0][:60]}"))
+            continue
+        if reference is None:
+            reference = logits  # no torch: the first format is the reference
+        diff, agreement = compare_logits(logits, reference)
+        speedup = eager_ms / stats["ms_median"] if eager_ms else None
+        results.append(
+            FormatResult(
+                name,
+                size_mb=size,
+                max_abs_diff=diff,
+                agreement=agreement,
+                speedup_vs_eager=speedup,
+                **stats,
+            )
+        )
+    return results
+
+
+def results_table(results: list[FormatResult], title: str) -> Table:
+    """The table: Format | Status | Size MB | max|Δ| | agreement | ms/patch | p90 | patches/s |
+    peak RSS MB | × eager."""
+    table = Table(title=title)
+    for col in ("Format", "Status", "Size MB", "max|Δ|", "agreement", "ms/patch", "p90 ms",
+                "patches/s", "peak RSS MB", "× eager"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("Format", "Status") else "right")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in results:
+        table.add_row(
+            r.format, r.status, fmt(r.size_mb, ".2f"), fmt(r.max_abs_diff, ".2e"),
+            "-" if r.agreement is None else f"{100 * r.agreement:.3f}%",
+            fmt(r.ms_median, ".1f"), fmt(r.ms_p90, ".1f"), fmt(r.patches_per_s, ".2f"),
+            fmt(r.peak_rss_mb, ".0f"), fmt(r.speedup_vs_eager, ".2f"),
+        )  # fmt: skip
+    return table
+
+
+def write_json(path: Path, results: list[FormatResult], meta: dict) -> None:
+    """Results plus machine and settings, for ``benchmarks/``."""
+    payload = {"machine": cpu_description(), **meta, "results": [r.to_dict() for r in results]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def write_plot(path: Path, results: list[FormatResult], title: str) -> None:
+    """A bar chart of patches/s per format."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = [r for r in results if r.patches_per_s]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.barh([r.format for r in rows], [r.patches_per_s for r in rows], color="tab:blue")
+    ax.set_xlabel("96^3 patches per second")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_results(console: Console, results: list[FormatResult], threads: int) -> None:
+    console.print(results_table(results, f"{cpu_description()}, {threads} threads"))

@@ -1,0 +1,103 @@
+"""Patch-throughput measurement of model formats, each in its own process for a clean peak RSS.
+
+Torch-free: the PyTorch eager baseline is measured by ``veloxseg.export.torch_reference`` and
+passed in as one more result by the caller.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FormatResult",
+    "compare_logits",
+    "measure_engine",
+    "run_isolated",
+    "time_calls",
+]
+
+
+@dataclass
+class FormatResult:
+    """One row of the benchmark table."""
+
+    format: str
+    status: str = "ok"
+    size_mb: float | None = None
+    max_abs_diff: float | None = None
+    agreement: float | None = None
+    ms_median: float | None = None
+    ms_p90: float | None = None
+    patches_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    speedup_vs_eager: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_calls(fn: Callable[[], object], iterations: int, warmup: int = 2) -> list[float]:
+    """Wall-clock seconds of ``iterations`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summarise(times: list[float], batch: int) -> dict[str, float]:
+    """Median and p90 ms per patch, and patches/s, from per-call times of ``batch`` patches."""
+    per_patch = np.asarray(times) * 1000 / batch
+    return {
+        "ms_median": float(np.median(per_patch)),
+        "ms_p90": float(np.percentile(per_patch, 90)),
+        "patches_per_s": float(1000 / np.median(per_patch)),
+    }
+
+
+def measure_engine(
+    path: str, backend: str, precision: str, threads: int, x: np.ndarray, iterations: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Time ``predict_patches`` on ``x`` one patch at a time; returns stats and the logits."""
+    from veloxseg.runtime.engine import Engine
+
+    engine = Engine.open(path, backend=backend, precision=precision, threads=threads)  # type: ignore[arg-type]
+    logits = engine.predict_patches(x)
+    single = x[:1]
+    stats = summarise(time_calls(lambda: engine.predict_patches(single), iterations), 1)
+    stats["peak_rss_mb"] = peak_rss_mb()
+    return stats, logits
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a fresh spawned process (its own threads and peak RSS)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def compare_logits(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Max |Δlogit| and the fraction of voxels whose argmax class agrees."""
+    diff = float(np.abs(logits - reference).max())
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+    return diff, agreement
+
+
+def file_size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
