@@ -109,8 +109,8 @@ def test_affine_is_centred_ras() -> None:
 def test_saved_case_round_trips(tmp_path, phantoms: dict[int, Phantom]) -> None:
     phantom = phantoms[2]
     paths = save_phantom_case(phantom, tmp_path, "case_002")
-    assert paths["pet"] == tmp_path / "images" / "case_002_0000.nii.gz"
-    assert paths["ct"] == tmp_path / "images" / "case_002_0001.nii.gz"
+    assert paths["ct"] == tmp_path / "images" / "case_002_0000.nii.gz"
+    assert paths["pet"] == tmp_path / "images" / "case_002_0001.nii.gz"
     assert paths["label"] == tmp_path / "labels" / "case_002.nii.gz"
     for key, dtype in (("pet", np.float32), ("ct", np.float32), ("label", np.uint8)):
         image = nib.load(paths[key])

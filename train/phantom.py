@@ -755,15 +755,15 @@ def make_phantom(
 
 
 def save_phantom_case(phantom: Phantom, folder: str | Path, case_id: str) -> dict[str, Path]:
-    """Write one case in nnU-Net layout: ``images/{id}_0000`` PET, ``_0001`` CT, ``labels/{id}``.
+    """Write one case in nnU-Net layout: ``images/{id}_0000`` CT, ``_0001`` PET, ``labels/{id}``.
 
-    Channel order matches the model (0 PET, 1 CT). qform and sform are both set to scanner
+    Channel order matches the model and upstream AutoPET-II training (0 CT, 1 PET). qform and sform are both set to scanner
     coordinates so every NIfTI reader agrees on the geometry.
     """
     folder = Path(folder)
     paths = {
-        "pet": folder / "images" / f"{case_id}_0000.nii.gz",
-        "ct": folder / "images" / f"{case_id}_0001.nii.gz",
+        "ct": folder / "images" / f"{case_id}_0000.nii.gz",
+        "pet": folder / "images" / f"{case_id}_0001.nii.gz",
         "label": folder / "labels" / f"{case_id}.nii.gz",
     }
     arrays = {
