@@ -1,0 +1,47 @@
+"""Where OpenVINO spends its time on one patch: PERF_COUNT per node, grouped by layer type and
+listed for the slowest nodes. Usage: python benchmarks/profile_openvino.py [MODEL] [fp32|bf16]"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+
+import numpy as np
+import openvino as ov
+
+from veloxseg.assets import bundled_model
+from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else str(bundled_model())
+    precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
+    core = ov.Core()
+    core.add_extension(pwa_conversion_extension())
+    config = {
+        "PERF_COUNT": True,
+        "INFERENCE_NUM_THREADS": 2,
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+    }
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((1, 2, 96, 96, 96), np.float32)
+    for _ in range(3):
+        request.infer({0: x})
+    by_type: dict[str, float] = defaultdict(float)
+    nodes = []
+    for info in request.profiling_info:
+        ms = info.real_time.total_seconds() * 1000
+        by_type[f"{info.node_type} ({info.exec_type})"] += ms
+        nodes.append((ms, info.node_name, info.node_type, info.exec_type))
+    total = sum(by_type.values())
+    print(f"total {total:.1f} ms")
+    for name, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:20]:
+        print(f"{ms:8.2f} ms  {100 * ms / total:5.1f}%  {name}")
+    print("slowest nodes:")
+    for ms, name, kind, exec_type in sorted(nodes, reverse=True)[:25]:
+        print(f"{ms:8.2f} ms  {kind:>24} {exec_type:>28}  {name[:70]}")
+
+
+if __name__ == "__main__":
+    main()
