@@ -40,13 +40,34 @@ class _Geometry:
         return tuple(self.size[k] // self.big[scale][k] for k in range(3))  # type: ignore[return-value]
 
 
+def _channel_groups(x, channels: int, groups: int):  # type: ignore[no-untyped-def]
+    """Split channels into equal groups with 1x1 selection convolutions (exact: weights 0/1).
+
+    A channel Split runs as a slow reference kernel when the groups are not multiples of the
+    CPU plugin's channel block (16); a 1x1 convolution stays in the blocked JIT kernels.
+    """
+    import openvino.opset13 as ops
+
+    if groups == 1:
+        return [x]
+    size = channels // groups
+    parts = []
+    for g in range(groups):
+        weights = np.zeros((size, channels, 1, 1, 1), dtype=np.float32)
+        weights[np.arange(size), g * size + np.arange(size), 0, 0, 0] = 1.0
+        parts.append(
+            ops.convolution(x, ops.constant(weights), [1, 1, 1], [0, 0, 0], [0, 0, 0], [1, 1, 1])
+        )
+    return parts
+
+
 def _gather(x, geo: _Geometry, channels: int):  # type: ignore[no-untyped-def]
     """``(B, S*h*c, D, H, W) -> (B, windows, h, L, c)``."""
     import openvino.opset13 as ops
 
     scales = len(geo.big)
     c = channels // (scales * geo.heads)
-    parts = ops.split(x, ops.constant(np.int64(1)), scales).outputs() if scales > 1 else [x]
+    parts = _channel_groups(x, channels, scales)
     windows = []
     for i, part in enumerate(parts):
         if geo.small[i] != (1, 1, 1):
@@ -78,7 +99,7 @@ def _scatter(attn, geo: _Geometry, c: int):  # type: ignore[no-untyped-def]
         b0, b1, b2 = geo.big[i]
         if geo.small[i] != (1, 1, 1):
             part = ops.transpose(part, _const([0, 1, 2, 3, 4, 8, 5, 6, 7]))
-            part = ops.reshape(part, _const([-1, 1, n0, n1, n2]), False)
+            part = ops.reshape(part, _const([-1, geo.heads * c, n0, n1, n2]), False)
             part = _upsample(part, geo.big[i])
             part = ops.reshape(part, _const([-1, nd, nh, nw, geo.heads, c, b0, b1, b2]), False)
             part = ops.transpose(part, _const([0, 4, 5, 1, 6, 2, 7, 3, 8]))
@@ -112,8 +133,18 @@ def _convert(ctx):  # type: ignore[no-untyped-def]
     q = ops.concat([_gather(inputs[3 * i], geo, c_qk) for i in range(m)], 3)
     k = ops.concat([_gather(inputs[3 * i + 1], geo, c_qk) for i in range(m)], 3)
     v = ops.concat([_gather(inputs[3 * i + 2], geo, c_v) for i in range(m)], 3)
-    attn = ops.scaled_dot_product_attention(q, k, v, inputs[-1], causal=False)
+    windows = sum(int(np.prod(geo.counts(i))) for i in range(len(geo.big)))
     c = c_v // (len(geo.big) * geo.heads)
+    flat = [
+        ops.reshape(t, _const([-1, geo.heads, m * geo.tokens, w]), False)
+        for t, w in (
+            (q, c_qk // (len(geo.big) * geo.heads)),
+            (k, c_qk // (len(geo.big) * geo.heads)),
+            (v, c),
+        )
+    ]
+    attn = ops.scaled_dot_product_attention(*flat, inputs[-1], causal=False)
+    attn = ops.reshape(attn, _const([-1, windows, geo.heads, m * geo.tokens, c]), False)
     per_modality = ops.split(attn, ops.constant(np.int64(3)), m).outputs() if m > 1 else [attn]
     return [_scatter(a, geo, c).output(0) for a in per_modality]
 
