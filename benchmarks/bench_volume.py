@@ -1,0 +1,161 @@
+"""Whole-volume segmentation: our engine against the upstream path, in the same run.
+
+Upstream path: MONAI ``sliding_window_inference`` (roi = patch, same overlap, constant blend) over
+upstream-equivalent PyTorch eager, then argmax. Ours: ``Engine.predict_volume(output="labels")``
+(streamed labels, pipelined). Both get the same normalised (C, X, Y, Z) float32 volume and the
+same threads; each runs in its own process so that peak RSS is its own. Also reports patches/s
+inside a volume against isolated patches, and the peak RSS above the input array.
+
+Usage: python benchmarks/bench_volume.py [--large-shape 400 400 326] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from veloxseg.assets import bundled_model, sample_case
+from veloxseg.cli.bench import cpu_description
+from veloxseg.runtime.benchmark import peak_rss_mb, run_isolated
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_volume(kind: str, large_shape: tuple[int, int, int]) -> np.ndarray:
+    """The normalised (2, X, Y, Z) float32 input: the bundled sample or a large phantom."""
+    from veloxseg.runtime.model_file import open_model_file
+    from veloxseg.runtime.nifti_io import load_case
+    from veloxseg.runtime.normalization import normalize
+    from veloxseg.train.phantom import make_phantom
+
+    card = open_model_file(bundled_model()).card
+    if kind == "sample":
+        data, _ = load_case(sample_case()[0], card.in_channels)
+    else:
+        phantom = make_phantom(30000, shape=large_shape)
+        data = np.stack([phantom.ct, phantom.pet])
+        del phantom
+    return normalize(np.ascontiguousarray(data, dtype=np.float32), card.normalization)
+
+
+def run_ours(kind: str, large_shape, threads: int, overlap: float, backend: str, precision: str):  # type: ignore[no-untyped-def]
+    from veloxseg.runtime import Engine
+    from veloxseg.runtime.tiling import plan_tiles
+
+    volume = load_volume(kind, large_shape)
+    base_rss = _rss_now_mb()
+    engine = Engine.open(bundled_model(), backend=backend, precision=precision, threads=threads)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    labels = engine.predict_volume(volume, overlap=overlap, output="labels")
+    seconds = time.perf_counter() - start
+    windows = len(plan_tiles(volume.shape[1:], engine.metadata.patch_size, overlap).starts)
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "input_mb": volume.nbytes / 2**20,
+        "rss_before_engine_mb": base_rss,
+        "windows": windows,
+        "patches_per_s": windows / seconds,
+        "foreground_voxels": int((labels > 0).sum()),
+        "labels": labels,
+    }
+
+
+def run_upstream(kind: str, large_shape, threads: int, overlap: float):  # type: ignore[no-untyped-def]
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from veloxseg.export.torch_reference import torch_model_from_onnx
+
+    torch.set_num_threads(threads)
+    volume = load_volume(kind, large_shape)
+    base_rss = _rss_now_mb()
+    model = torch_model_from_onnx(bundled_model())
+    patch = tuple(model.config["input_size"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            torch.from_numpy(volume)[None], patch, 1, model, overlap=overlap, mode="constant"
+        )
+        labels = logits[0].argmax(0).to(torch.uint8).numpy()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "input_mb": volume.nbytes / 2**20,
+        "rss_before_engine_mb": base_rss,
+        "labels": labels,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-shape", type=int, nargs=3, default=[400, 400, 326])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--backend", default="openvino")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--cases", default="sample,large")
+    args = parser.parse_args()
+    shape = tuple(args.large_shape)
+    rows = []
+    for kind in args.cases.split(","):
+        ours = run_isolated(
+            run_ours, kind, shape, args.threads, args.overlap, args.backend, args.precision
+        )
+        upstream = run_isolated(run_upstream, kind, shape, args.threads, args.overlap)
+        agree = float((ours.pop("labels") == upstream.pop("labels")).mean())
+        row = {
+            "case": kind,
+            "ours": ours,
+            "upstream": upstream,
+            "speedup": upstream["seconds"] / ours["seconds"],
+            "rss_ratio": ours["peak_rss_mb"] / upstream["peak_rss_mb"],
+            "label_agreement": agree,
+        }
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    result = {
+        "machine": cpu_description(),
+        "load_average_at_start": os.getloadavg(),
+        "settings": vars(args),
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "volume_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"Machine: {result['machine']}, {args.threads} threads, overlap {args.overlap}, "
+        f"ours = {args.backend} {args.precision}",
+        "",
+        "| case | windows | ours s | upstream s | speed-up | ours peak RSS MB "
+        "| upstream peak RSS MB | RSS ratio | ours RSS above input MB "
+        "| ours patches/s in volume | label agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        o, u = r["ours"], r["upstream"]
+        lines.append(
+            f"| {r['case']} | {o['windows']} | {o['seconds']:.1f} | {u['seconds']:.1f} | "
+            f"{r['speedup']:.2f}x | {o['peak_rss_mb']:.0f} | {u['peak_rss_mb']:.0f} | "
+            f"{r['rss_ratio']:.2f} | {o['peak_rss_mb'] - o['input_mb']:.0f} | "
+            f"{o['patches_per_s']:.2f} | {100 * r['label_agreement']:.3f}% |"
+        )
+    (RESULTS / "volume_bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
