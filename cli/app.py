@@ -17,6 +17,7 @@ from rich.console import Console
 
 from veloxseg.cli.output import print_case_summary, print_folder_summary
 from veloxseg.runtime.errors import VeloxSegError
+from veloxseg.runtime.nifti_io import DEFAULT_MAX_VOXELS
 
 __all__ = ["app", "main"]
 
@@ -109,20 +110,36 @@ def segment(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     preview: Annotated[bool, typer.Option(help="Write a PNG preview beside the output.")] = False,
+    max_voxels: Annotated[
+        int, typer.Option(min=1, help="Refuse inputs with more voxels (checked from the header).")
+    ] = DEFAULT_MAX_VOXELS,
 ) -> None:
     """Segment NIfTI scans: one case (-i per modality, or one 4D file), or a folder of cases."""
     options = _segment_options(
         overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
-        save_probabilities=save_probabilities, preview=preview,
+        save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
     if not folder and output.exists() and not overwrite:
         _fail(f"{output} exists; pass --overwrite to replace it", 2)
+    if not folder:
+        _check_headers_first(model, input, max_voxels)
     engine = _open_engine(model, backend, precision, threads)
     if folder:
         _run_folder(engine, input[0], output, options, overwrite, quiet)
     else:
         _run_case(engine, input, output, options, quiet)
+
+
+def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int) -> None:
+    """Refuse bad input from the headers before compiling the model: in milliseconds, and a
+    header claiming billions of voxels never costs a model compile."""
+    from veloxseg.assets import bundled_model
+    from veloxseg.runtime.model_file import open_model_file
+    from veloxseg.runtime.nifti_io import inspect_case
+
+    card = open_model_file(model or bundled_model()).card
+    inspect_case(inputs, card.in_channels, max_voxels=max_voxels, modality_names=card.modalities)
 
 
 def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ what the network calls ``(C, D, H, W)``. ``spacing`` and ``patch_size`` follow t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ class Normalization:
             values = (self.clip_low, self.clip_high, self.mean, self.std)
             if any(v is None for v in values):
                 raise ModelFileError("ct normalisation needs clip_low, clip_high, mean and std")
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise ModelFileError(f"ct normalisation statistics must be finite numbers: {self}")
             if not self.std > 0 or not self.clip_low < self.clip_high:
                 raise ModelFileError(f"ct normalisation has invalid statistics: {self}")
 
@@ -76,8 +79,17 @@ class ModelCard:
                 f"card lists {len(self.class_names)} class names but "
                 f"{len(self.label_values)} label values"
             )
-        if len(self.spacing) != 3 or not all(s > 0 for s in self.spacing):
-            raise ModelFileError(f"card spacing must be three positive numbers, got {self.spacing}")
+        if len(self.modalities) < 1:
+            raise ModelFileError("card lists no modalities")
+        values = self.label_values
+        if len(set(values)) != len(values) or not all(0 <= v <= 65535 for v in values):
+            raise ModelFileError(
+                f"card label values must be distinct integers in [0, 65535], got {values}"
+            )
+        if len(self.spacing) != 3 or not all(0 < s < math.inf for s in self.spacing):
+            raise ModelFileError(
+                f"card spacing must be three positive finite numbers, got {self.spacing}"
+            )
         if len(self.patch_size) != 3 or not all(p > 0 for p in self.patch_size):
             raise ModelFileError(
                 f"card patch size must be three positive ints, got {self.patch_size}"

@@ -8,6 +8,7 @@ and the model card must agree with the graph.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from veloxseg.runtime.errors import ModelFileError
 __all__ = ["ALLOWED_DOMAINS", "ModelFile", "open_model_file"]
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.veloxseg"})
+_MAX_PROTO_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class ModelFile:
 def _read(path: Path) -> tuple[onnx.ModelProto, str]:
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; pass an exported .onnx file")
+    size = path.stat().st_size
+    if size > _MAX_PROTO_BYTES:  # no valid model is this big: refuse before reading it
+        raise ModelFileError(
+            f"{path} is {size:,} bytes, over the 2 GiB an ONNX protobuf can hold; "
+            "store large weights as external data beside it"
+        )
     data = path.read_bytes()
     try:
         proto = onnx.load_from_string(data)
@@ -52,25 +60,89 @@ def _read(path: Path) -> tuple[onnx.ModelProto, str]:
     return proto, hashlib.sha256(data).hexdigest()
 
 
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
+def _all_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph nested in node attributes (If/Loop/Scan bodies), in
+    the graph and in model-local functions: a check that skips one can be smuggled past."""
+    stack = [proto.graph, *(g for fn in proto.functions for n in fn.node for g in _subgraphs(n))]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        stack.extend(g for node in graph.node for g in _subgraphs(node))
+
+
+def _all_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    for graph in _all_graphs(proto):
+        yield from graph.node
+    for fn in proto.functions:
+        yield from fn.node
+
+
+def _all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers of every graph and tensors in node attributes (``Constant`` values...)."""
+    for graph in _all_graphs(proto):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in _all_nodes(proto):
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sp in (*sparse, *attr.sparse_tensors):
+                yield from (sp.values, sp.indices)
+
+
 def _check_external_data(proto: onnx.ModelProto, folder: Path) -> None:
     root = folder.resolve()
-    for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    for tensor in _all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            _check_external_tensor(tensor.name, info, folder, root)
+
+
+def _check_external_tensor(name: str, info: dict[str, str], folder: Path, root: Path) -> None:
+    """Refuse a location outside ``root`` from its path alone (symlinks resolved, nothing
+    opened), then check with ``stat`` that the file holds the byte range the tensor names."""
+    location = info.get("location", "")
+    try:
         target = (folder / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(root):
-            raise ModelFileError(
-                f"external data {location!r} of tensor {tensor.name!r} lies outside the model's "
-                "folder; refusing to read it"
-            )
+        inside = bool(location) and not Path(location).is_absolute()
+        inside = inside and target.is_relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, symlink loops
+        inside = False
+    if not inside:
+        raise ModelFileError(
+            f"external data {location!r} of tensor {name!r} lies outside the model's "
+            "folder; refusing to read it"
+        )
+    try:
+        offset = int(info.get("offset", "0"))
+        end = offset + int(info.get("length", "0"))
+        size = target.stat().st_size if target.is_file() else -1
+    except (OSError, ValueError) as e:
+        raise ModelFileError(
+            f"external data {location!r} of tensor {name!r} is unusable ({e})"
+        ) from e
+    if size < 0 or not 0 <= offset <= end <= size:
+        raise ModelFileError(
+            f"external data {location!r} of tensor {name!r} is missing or shorter than the "
+            f"bytes {offset}..{end} it names; copy the model's whole folder"
+        )
 
 
 def _check_domains(proto: onnx.ModelProto) -> None:
     domains = {o.domain for o in proto.opset_import}
-    domains |= {n.domain for n in proto.graph.node}
+    domains |= {n.domain for n in _all_nodes(proto)}
     for fn in proto.functions:
-        domains |= {n.domain for n in fn.node} | {fn.domain}
+        domains |= {o.domain for o in fn.opset_import} | {fn.domain}
     foreign = sorted(domains - ALLOWED_DOMAINS)
     if foreign:
         raise ModelFileError(

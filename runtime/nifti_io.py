@@ -44,6 +44,7 @@ __all__ = [
     "ImageGeometry",
     "atomic_write_bytes",
     "atomic_writer",
+    "inspect_case",
     "load_case",
     "save_labels",
     "save_probabilities",
@@ -53,6 +54,7 @@ DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
 TRANSLATION_TOL_MM = 1e-3
 LINEAR_RTOL = 1e-4
 _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
+_DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
 # Header fields that place voxels in space; copied verbatim so outputs land on the input grid.
@@ -85,6 +87,21 @@ class ImageGeometry:
         return tuple(float(s) for s in voxel_sizes(self.affine))  # type: ignore[return-value]
 
 
+def inspect_case(
+    paths: Sequence[Path],
+    n_modalities: int,
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    modality_names: Sequence[str] | None = None,
+) -> tuple[int, int, int]:
+    """Validate a case from its headers alone and return its spatial shape (X, Y, Z).
+
+    Raises every error ``load_case`` raises short of reading voxel data, in milliseconds, so a
+    caller can refuse bad input before slower work such as compiling the model.
+    """
+    return _inspect(paths, n_modalities, max_voxels, modality_names)[1][0]
+
+
 def load_case(
     paths: Sequence[Path],
     n_modalities: int,
@@ -98,6 +115,29 @@ def load_case(
     on the last axis (when ``n_modalities > 1``). ``max_voxels`` bounds X*Y*Z and is checked from
     the headers before any voxel data is read.
     """
+    paths = tuple(Path(p) for p in paths)
+    images, spatial = _inspect(paths, n_modalities, max_voxels, modality_names)
+    stacked = len(paths) == 1 and n_modalities > 1
+    data = np.empty((n_modalities, *spatial[0]), dtype=np.float32)
+    for c in range(n_modalities):
+        img, p = (images[0], paths[0]) if stacked else (images[c], paths[c])
+        _read_volume(img, c if stacked else None, p, data[c])
+    geometry = ImageGeometry(
+        shape=spatial[0],
+        affine=images[0].affine,
+        header=images[0].header.copy(),
+        sources=tuple(p.resolve() for p in paths),
+    )
+    return data, geometry
+
+
+def _inspect(
+    paths: Sequence[Path],
+    n_modalities: int,
+    max_voxels: int,
+    modality_names: Sequence[str] | None,
+) -> tuple[list[nib.Nifti1Pair], list[tuple[int, int, int]]]:
+    """Open every file header-only and check it; returns the images and their spatial shapes."""
     if n_modalities < 1:
         raise ValueError(f"n_modalities must be at least 1, got {n_modalities}")
     paths = tuple(Path(p) for p in paths)
@@ -123,17 +163,9 @@ def load_case(
             f"({wanted}); split it, or pass it as the only input"
         )
     _check_same_grid(images, spatial, paths)
-    data = np.empty((n_modalities, *spatial[0]), dtype=np.float32)
-    for c in range(n_modalities):
-        img, p = (images[0], paths[0]) if stacked else (images[c], paths[c])
-        _read_volume(img, c if stacked else None, p, data[c])
-    geometry = ImageGeometry(
-        shape=spatial[0],
-        affine=images[0].affine,
-        header=images[0].header.copy(),
-        sources=tuple(p.resolve() for p in paths),
-    )
-    return data, geometry
+    for img, p in zip(images, paths, strict=True):
+        _check_data_fits(img, p)
+    return images, spatial
 
 
 def _describe_modalities(n: int, names: Sequence[str] | None) -> str:
@@ -190,6 +222,30 @@ def _check_header(img: nib.Nifti1Pair, path: Path, max_voxels: int) -> tuple[int
             "fix the qform/sform in its header"
         )
     return spatial
+
+
+def _check_data_fits(img: nib.Nifti1Pair, path: Path) -> None:
+    """Refuse a header declaring more voxel bytes than the file can hold, from its size alone:
+    nibabel would allocate the declared size first and only then find the data short. A gzip
+    member inflates at most ``_DEFLATE_MAX_RATIO`` times; other compressions are not bounded
+    here (the voxel limit still is)."""
+    image_file = Path(img.file_map["image"].filename)
+    dtype = img.get_data_dtype()
+    needed = int(img.dataobj.offset) + math.prod(img.shape) * dtype.itemsize
+    try:
+        size = image_file.stat().st_size
+    except OSError as e:
+        raise InputError(f"cannot read the voxel data of {path} ({e.strerror})") from e
+    suffix = image_file.suffix.lower()
+    if suffix in (".bz2", ".zst"):
+        return
+    capacity = size * _DEFLATE_MAX_RATIO if suffix == ".gz" else size
+    if needed > capacity:
+        at_most = "at most " if suffix == ".gz" else ""
+        raise InputError(
+            f"{path} declares {needed:,} bytes of {dtype} voxels {img.shape} but the file holds "
+            f"{at_most}{capacity:,}; the file is truncated or corrupt, re-export or re-download it"
+        )
 
 
 def _count_volumes(img: nib.Nifti1Pair, path: Path) -> int:
