@@ -52,8 +52,8 @@ def torch_modes(model: torch.nn.Module, deadline: float) -> list[dict]:
     rows = []
     compiled = None
     for mode in ("eager-fp32", "eager-amp-bf16", "compile-fp32", "compile-amp-bf16"):
-        if mode.startswith("compile"):
-            compiled = compiled or torch.compile(model)
+        if mode.startswith("compile") and compiled is None:
+            compiled = torch.compile(model)
         net = compiled if mode.startswith("compile") else model
         amp = mode.endswith("bf16")
         for batch in BATCHES:
