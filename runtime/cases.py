@@ -11,12 +11,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.segment import CaseResult, SegmentOptions, output_paths, segment_case
 
-__all__ = ["Case", "FolderReport", "find_cases", "is_finished", "segment_folder"]
+__all__ = [
+    "Case",
+    "CaseStatus",
+    "FolderReport",
+    "find_cases",
+    "is_finished",
+    "prepare_folder",
+    "run_case",
+    "segment_folder",
+]
+
+CaseStatus = Literal["done", "skipped", "failed"]
 
 _NNUNET_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
 
@@ -38,6 +50,16 @@ class FolderReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     results: dict[str, CaseResult] = field(default_factory=dict)
+
+    def record(self, case_id: str, status: CaseStatus, detail: CaseResult | str | None) -> None:
+        """File one outcome of ``run_case``; ``detail`` is the result or the failure reason."""
+        if status == "skipped":
+            self.skipped.append(case_id)
+        elif isinstance(detail, CaseResult):
+            self.done.append(case_id)
+            self.results[case_id] = detail
+        else:
+            self.failed[case_id] = str(detail)
 
 
 def find_cases(folder: Path, n_modalities: int) -> list[Case]:
@@ -74,6 +96,31 @@ def is_finished(output: Path) -> bool:
     return paths["labels"].is_file() and paths["sidecar"].is_file()
 
 
+def prepare_folder(input_dir: Path, output_dir: Path, n_modalities: int) -> list[Case]:
+    """The cases of a folder run, after refusing to write into the input folder."""
+    if input_dir.resolve() == output_dir.resolve():
+        raise InputError("output folder is the input folder; choose another output folder")
+    cases = find_cases(input_dir, n_modalities)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cases
+
+
+def run_case(
+    engine: Engine, case: Case, output_dir: Path, options: SegmentOptions, *, overwrite: bool
+) -> tuple[CaseStatus, CaseResult | str | None]:
+    """One case of a folder run: (status, result or one-line reason); a bad case never raises,
+    so that it cannot stop the rest of a cohort (here or on a cluster worker)."""
+    output = output_dir / f"{case.case_id}.nii.gz"
+    if case.problem:
+        return "failed", case.problem
+    if is_finished(output) and not overwrite:
+        return "skipped", None
+    try:
+        return "done", segment_case(engine, case.files, output, options)
+    except (ValueError, OSError, MemoryError) as e:
+        return "failed", str(e).splitlines()[0] if str(e) else repr(e)
+
+
 def segment_folder(
     engine: Engine,
     input_dir: Path,
@@ -87,27 +134,11 @@ def segment_folder(
 
     ``on_case(case_id, status)`` is called after each case (status: done, skipped, failed).
     """
-    if input_dir.resolve() == output_dir.resolve():
-        raise InputError("output folder is the input folder; choose another output folder")
-    cases = find_cases(input_dir, engine.metadata.in_channels)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    cases = prepare_folder(input_dir, output_dir, engine.metadata.in_channels)
     report = FolderReport()
     for case in cases:
-        output = output_dir / f"{case.case_id}.nii.gz"
-        status = "done"
-        if case.problem:
-            report.failed[case.case_id] = case.problem
-            status = "failed"
-        elif is_finished(output) and not overwrite:
-            report.skipped.append(case.case_id)
-            status = "skipped"
-        else:
-            try:
-                report.results[case.case_id] = segment_case(engine, case.files, output, options)
-                report.done.append(case.case_id)
-            except (ValueError, OSError, MemoryError) as e:
-                report.failed[case.case_id] = str(e).splitlines()[0] if str(e) else repr(e)
-                status = "failed"
+        status, detail = run_case(engine, case, output_dir, options, overwrite=overwrite)
+        report.record(case.case_id, status, detail)
         if on_case:
             on_case(case.case_id, status)
     return report
