@@ -101,7 +101,9 @@ def segment(
     ] = None,
     backend: Backend = "auto",
     precision: Precision = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: all cores; with --ray: per worker).")
+    ] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.25,
     blend: Annotated[str, typer.Option(help="constant or gaussian.")] = "constant",
     tta: Annotated[bool, typer.Option(help="Mirror over 3 axes (8x slower).")] = False,
@@ -113,6 +115,13 @@ def segment(
     max_voxels: Annotated[
         int, typer.Option(min=1, help="Refuse inputs with more voxels (checked from the header).")
     ] = DEFAULT_MAX_VOXELS,
+    ray: Annotated[bool, typer.Option("--ray", help="Spread a folder over a Ray cluster.")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Existing Ray cluster (HEAD:6379 or auto); implies --ray.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray workers (default: as many as the cores fit).")
+    ] = None,
 ) -> None:
     """Segment NIfTI scans: one case (-i per modality, or one 4D file), or a folder of cases."""
     options = _segment_options(
@@ -122,6 +131,12 @@ def segment(
     folder = len(input) == 1 and input[0].is_dir()
     if not folder and output.exists() and not overwrite:
         _fail(f"{output} exists; pass --overwrite to replace it", 2)
+    if ray or ray_address or workers:
+        if not folder:
+            _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
+        cluster = dict(backend=backend, precision=precision, threads=threads, workers=workers)
+        _run_ray(model, input[0], output, options, overwrite, quiet, address=ray_address, **cluster)
+        return
     if not folder:
         _check_headers_first(model, input, max_voxels)
     engine = _open_engine(model, backend, precision, threads)
@@ -156,19 +171,56 @@ def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool):  
 def _run_folder(
     engine, input_dir: Path, output_dir: Path, options, overwrite: bool, quiet: bool
 ) -> None:  # type: ignore[no-untyped-def]
+    from veloxseg.runtime.cases import segment_folder
+
+    _with_progress(
+        input_dir, engine.metadata.in_channels, quiet,
+        lambda on_case: segment_folder(
+            engine, input_dir, output_dir, options, overwrite=overwrite, on_case=on_case
+        ),
+    )  # fmt: skip
+
+
+def _run_ray(
+    model: Path | None, input_dir: Path, output_dir: Path, options, overwrite: bool, quiet: bool,
+    **cluster: Any,
+) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """Folder mode on a Ray cluster (``veloxseg.runtime.ray_cohort``); Ray is an optional extra."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _fail("--ray needs Ray: pip install 'veloxseg[cluster]'", 2)
+    from veloxseg.assets import bundled_model
+    from veloxseg.runtime.model_file import open_model_file
+    from veloxseg.runtime.ray_cohort import segment_folder_ray
+
+    model = model or bundled_model()
+    _with_progress(
+        input_dir, open_model_file(model).card.in_channels, quiet,
+        lambda on_case: segment_folder_ray(
+            model, input_dir, output_dir, options, overwrite=overwrite, on_case=on_case, **cluster
+        ),
+    )  # fmt: skip
+
+
+def _with_progress(
+    input_dir: Path,
+    n_modalities: int,
+    quiet: bool,
+    run: Callable[[Callable[[str, str], None]], Any],
+) -> None:
+    """Run a folder (``run(on_case)``) under a progress bar over its cases, then report; exit 1
+    if any case failed."""
     from rich.progress import MofNCompleteColumn, Progress
 
-    from veloxseg.runtime.cases import find_cases, segment_folder
+    from veloxseg.runtime.cases import find_cases
 
-    total = len(find_cases(input_dir, engine.metadata.in_channels))
+    total = len(find_cases(input_dir, n_modalities))
     with Progress(
         *Progress.get_default_columns(), MofNCompleteColumn(), console=err, disable=quiet
     ) as bar:
         task = bar.add_task("cases", total=total)
-        report = segment_folder(
-            engine, input_dir, output_dir, options, overwrite=overwrite,
-            on_case=lambda case, status: bar.advance(task),
-        )  # fmt: skip
+        report = run(lambda case, status: bar.advance(task))
     if not quiet or report.failed:
         print_folder_summary(err, report)
     if report.failed:
