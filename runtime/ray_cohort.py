@@ -32,7 +32,7 @@ from veloxseg.runtime.errors import VeloxSegError
 from veloxseg.runtime.model_file import open_model_file
 from veloxseg.runtime.segment import CaseResult, SegmentOptions
 
-__all__ = ["DEFAULT_THREADS", "SHARED_FS", "plan_workers", "segment_folder_ray"]
+__all__ = ["DEFAULT_THREADS", "SHARED_FS", "CaseWorker", "plan_workers", "segment_folder_ray"]
 
 DEFAULT_THREADS = 2
 """Threads per worker when neither threads nor workers are given: on this model two threads
@@ -85,7 +85,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-class _CaseWorker:
+class CaseWorker:
     """One engine on one worker process, kept for the whole cohort (run as a Ray actor)."""
 
     def __init__(
@@ -165,7 +165,7 @@ def segment_folder_ray(
     try:
         node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
         n_workers, n_threads = plan_workers(node_cpus, threads, workers)
-        worker_class = ray.remote(_CaseWorker).options(
+        worker_class = ray.remote(CaseWorker).options(
             num_cpus=n_threads, max_restarts=_RESTARTS, max_task_retries=_RETRIES
         )
         actors = [
