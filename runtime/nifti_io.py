@@ -19,6 +19,7 @@ Every user-fixable problem with an input raises ``InputError`` with a one-line m
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import secrets
@@ -31,6 +32,7 @@ from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
+from nibabel import imageglobals
 from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
@@ -178,6 +180,20 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Mute the header oddities nibabel repairs or refuses while loading (an odd vox_offset, a
+    zero pixdim): it logs them to stderr, but what matters is checked here and reported in one
+    line. Its documented knob is the level of ``imageglobals.logger``."""
+    logger = imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _open(path: Path) -> nib.Nifti1Pair:
     """Read the header only (nibabel proxies the voxel data) and insist on NIfTI."""
     if not path.exists():
@@ -185,7 +201,8 @@ def _open(path: Path) -> nib.Nifti1Pair:
     if not path.is_file():
         raise InputError(f"input {path} is not a file; pass a .nii or .nii.gz image")
     try:
-        img = nib.load(path)
+        with _quiet_nibabel():
+            img = nib.load(path)
     except _READ_ERRORS as e:
         raise InputError(
             f"{path} is not a readable NIfTI image ({_first_line(e)}); pass a .nii or .nii.gz file"
@@ -283,10 +300,14 @@ def _check_same_grid(
 
 
 def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.ndarray) -> None:
-    """Read one scaled volume into ``out`` (X, Y, Z) float32; refuse truncation and NaN/Inf."""
+    """Read one scaled volume into ``out`` (X, Y, Z) float32; refuse truncation and NaN/Inf.
+
+    Scaling or the cast to float32 may overflow to Inf; that is refused below like stored Inf,
+    so numpy's overflow warning would only add a stray line to the one-line error."""
     try:
-        block = img.dataobj[:, :, :, index] if index is not None else img.dataobj[...]
-        out[...] = np.reshape(block, out.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            block = img.dataobj[:, :, :, index] if index is not None else img.dataobj[...]
+            out[...] = np.reshape(block, out.shape)
     except _READ_ERRORS as e:
         raise InputError(
             f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "
@@ -296,7 +317,8 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
     if n_bad:
         raise InputError(
             f"{path} has {n_bad:,} NaN/Inf voxel(s){'' if index is None else f' in volume {index}'}"
-            "; replace them (e.g. with the background value) and retry"
+            " (stored, or past float32 after scl_slope/scl_inter); replace them (e.g. with the "
+            "background value) and retry"
         )
 
 

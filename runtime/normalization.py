@@ -23,6 +23,7 @@ from veloxseg.runtime.card import Normalization
 __all__ = ["STD_FLOOR", "normalize"]
 
 STD_FLOOR = 1e-8  # upstream's max(std, 1e-8): a constant volume maps to all zeros
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _mean_std(volume: np.ndarray) -> tuple[float, float]:
@@ -51,8 +52,22 @@ def normalize(data: np.ndarray, schemes: Sequence[Normalization]) -> np.ndarray:
         if scheme.scheme == "ct":
             np.clip(channel, scheme.clip_low, scheme.clip_high, out=channel)
             mean, std = float(scheme.mean), float(scheme.std)  # type: ignore[arg-type]
+            channel -= mean
+            channel /= max(std, STD_FLOOR)
         else:
-            mean, std = _mean_std(channel)
-        channel -= mean
-        channel /= max(std, STD_FLOOR)
+            _zscore(channel)
     return data
+
+
+def _zscore(channel: np.ndarray) -> None:
+    """``(x - mean) / std`` in place. Intensities of both signs near float32's limit would
+    overflow ``x - mean``; then divide first: a z-score is at most sqrt(voxels) in size, so that
+    order cannot overflow (it only rounds differently, hence not the default)."""
+    mean, std = _mean_std(channel)
+    std = max(std, STD_FLOOR)
+    if max(float(channel.max()) - mean, mean - float(channel.min())) <= _FLOAT32_MAX:
+        channel -= mean
+        channel /= std
+    else:
+        channel /= std
+        channel -= mean / std

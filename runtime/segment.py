@@ -8,6 +8,7 @@ resample scores back + argmax -> original orientation -> atomic save.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,7 +108,7 @@ def _model_grid(
     spacing = tuple(float(s) for s in voxel_sizes(affine))
     target = card.spacing
     shape = new_shape(data.shape[1:], spacing, target)
-    if int(np.prod(shape, dtype=np.int64)) > max_voxels:
+    if math.prod(shape) > max_voxels:  # Python ints: a 1e30 mm voxel must not overflow int64
         raise InputError(
             f"resampled to the model spacing {target} mm the image would have {shape} voxels, "
             f"over the limit of {max_voxels}; check the header's voxel size ({spacing} mm)"
