@@ -8,7 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
+from veloxseg.runtime.autoselect import choose_backend
+from veloxseg.runtime.backends import BACKENDS, Backend, BackendOptions, create_backend
 from veloxseg.runtime.card import ModelCard
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.model_file import ModelFile, open_model_file
@@ -40,19 +41,21 @@ class Engine:
         precision: PrecisionName = "auto",
         threads: int | None = None,
     ) -> Engine:
-        """Validate ``path`` and compile it on ``backend`` (auto: OpenVINO when installed)."""
-        model = open_model_file(path)
-        name = backend
-        if name == "auto":
-            found = available_backends()
-            if not found:
-                raise RuntimeError("neither openvino nor onnxruntime is installed")
-            name = found[0]  # type: ignore[assignment]
-        chosen = "fp32" if precision == "auto" else precision
-        if chosen not in ("fp32", "bf16"):
+        """Validate ``path`` and compile it on ``backend`` with ``precision``.
+
+        ``auto`` picks the fastest format meeting the accuracy bounds on this CPU, measured once
+        per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`).
+        """
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+        if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
-        options = BackendOptions(threads=threads or os.cpu_count(), precision=chosen)
-        return cls(model, create_backend(name, model, options))
+        model = open_model_file(path)
+        threads = threads or os.cpu_count() or 1
+        if backend == "auto" or precision == "auto":
+            return cls(model, choose_backend(model, backend, precision, threads))
+        options = BackendOptions(threads=threads, precision=precision)
+        return cls(model, create_backend(backend, model, options))
 
     @property
     def metadata(self) -> ModelCard:

@@ -18,6 +18,12 @@ def reference_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_autoselect_cache(tmp_path_factory):
+    """Keep `--backend auto` calibrations of the tests out of the user's cache."""
+    os.environ["VELOXSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("veloxseg_cache"))
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     path = reference_dir()

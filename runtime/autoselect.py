@@ -1,0 +1,153 @@
+"""``--backend auto`` / ``--precision auto``: the fastest format that meets the accuracy bounds
+on this CPU, measured once per machine and model and cached.
+
+Candidates are OpenVINO fp32, OpenVINO bf16 (only where the CPU has native bf16: AVX512-BF16 or
+AMX) and ONNX Runtime fp32. Each is timed on the same calibration patch; a reduced-precision
+format is eligible only if its argmax agrees with fp32 on >= 99.5% of voxels. The choice is
+stored in ``$VELOXSEG_CACHE_DIR`` (default ``~/.cache/veloxseg``) under a key made of the CPU
+description and the model's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
+from veloxseg.runtime.model_file import ModelFile
+
+__all__ = ["MIN_AGREEMENT", "cache_path", "choose_backend", "cpu_signature"]
+
+MIN_AGREEMENT = 0.995
+_TIMED_RUNS = 3
+
+
+def cpu_signature() -> str:
+    """CPU model, core count and the instruction sets that decide the fastest format."""
+    name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    return f"{name}|{os.cpu_count()}|{','.join(wanted)}"
+
+
+def _has_native_bf16() -> bool:
+    return any(f in cpu_signature() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def cache_path() -> Path:
+    root = os.environ.get("VELOXSEG_CACHE_DIR") or Path.home() / ".cache" / "veloxseg"
+    return Path(root) / "autoselect.json"
+
+
+def _cache_key(model: ModelFile, threads: int) -> str:
+    raw = f"{cpu_signature()}|{model.sha256}|{threads}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(entries: dict) -> None:
+    from veloxseg.runtime.nifti_io import atomic_write_bytes
+
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(entries, indent=1) + "\n").encode())
+    except OSError:
+        pass  # a read-only home only costs a re-calibration next time
+
+
+def _calibration_patch(model: ModelFile) -> np.ndarray:
+    """A smooth, normalised-looking random patch: structure at several scales, like anatomy."""
+    card = model.card
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, card.in_channels, *card.patch_size)).astype(np.float32)
+    for c in range(card.in_channels):
+        x[0, c] = ndimage.gaussian_filter(x[0, c], 2.0)
+        x[0, c] /= x[0, c].std() + 1e-8
+    return x
+
+
+def _time(backend: Backend, x: np.ndarray) -> tuple[float, np.ndarray]:
+    logits = backend.infer(x)
+    times = []
+    for _ in range(_TIMED_RUNS):
+        start = time.perf_counter()
+        backend.infer(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), logits
+
+
+def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
+    found = available_backends()
+    pairs = [("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "fp32")]
+    pairs = [(b, p) for b, p in pairs if b in found]
+    if not _has_native_bf16():
+        pairs = [(b, p) for b, p in pairs if p != "bf16"]
+    if backend != "auto":
+        pairs = [(b, p) for b, p in pairs if b == backend]
+    if precision != "auto":
+        pairs = [(b, p) for b, p in pairs if p == precision]
+    return pairs
+
+
+def choose_backend(
+    model: ModelFile,
+    backend: str,
+    precision: str,
+    threads: int,
+    log: Callable[[str], None] | None = None,
+) -> Backend:
+    """The backend to use when ``backend`` or ``precision`` is ``auto`` (cached per machine)."""
+    candidates = _candidates(backend, precision)
+    if not candidates:
+        raise RuntimeError(f"no runtime available for backend={backend!r} precision={precision!r}")
+    options = lambda p: BackendOptions(threads=threads, precision=p)  # noqa: E731
+    entries = _read_cache()
+    key = _cache_key(model, threads)
+    cached = entries.get(key, {}).get(f"{backend}/{precision}")
+    if cached and tuple(cached) in candidates:
+        return create_backend(cached[0], model, options(cached[1]))
+    x = _calibration_patch(model)
+    results, reference, best = [], None, None
+    for name, prec in candidates:
+        engine = create_backend(name, model, options(prec))
+        seconds, logits = _time(engine, x)
+        if reference is None and prec == "fp32":
+            reference = logits
+        agreement = 1.0
+        if reference is not None:
+            agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+        eligible = prec == "fp32" or agreement >= MIN_AGREEMENT
+        results.append({"backend": name, "precision": prec, "ms": seconds * 1000,
+                        "agreement": agreement, "eligible": eligible})  # fmt: skip
+        if eligible and (best is None or seconds < best[0]):
+            best = (seconds, engine)
+    chosen = best[1]  # type: ignore[index]  # the first candidate is always eligible
+    entries.setdefault(key, {})[f"{backend}/{precision}"] = [chosen.name, chosen.precision]
+    entries[key]["calibration"] = results
+    _write_cache(entries)
+    if log:
+        log(f"auto: chose {chosen.name} {chosen.precision} " + ", ".join(
+            f"{r['backend']}-{r['precision']} {r['ms']:.0f} ms" for r in results))  # fmt: skip
+    return chosen
