@@ -309,6 +309,27 @@ def export(
 
 @app.command()
 @friendly_errors
+def train(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (checkpoints, logs).")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="96^3 patches per step.")] = 8,
+    pool_size: Annotated[int, typer.Option(help="Phantoms generated for the pool.")] = 64,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    resume: Annotated[Path | None, typer.Option(help="Checkpoint to continue from.")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="Stop and save after N minutes.")] = None,
+) -> None:
+    """Train VeloxSeg (AutoPET-II config) on phantom PET/CT with the upstream recipe."""
+    try:
+        from veloxseg.train.trainer import train_main
+    except ImportError as e:
+        _fail(f"training needs torch: pip install 'veloxseg[train]' ({e})", 2)
+    final = train_main(output, steps=steps, batch_size=batch_size, pool_size=pool_size,
+                       device=device, resume=resume, time_limit_minutes=time_limit)  # fmt: skip
+    typer.echo(f"final checkpoint: {final}")
+
+
+@app.command()
+@friendly_errors
 def bench(
     model: Annotated[
         Path | None, typer.Option("-m", "--model", help="ONNX model (default: bundled).")

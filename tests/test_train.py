@@ -191,3 +191,17 @@ def test_time_limit_stops_and_still_saves(tmp_path: Path) -> None:
     final = train(config, progress=False)
     assert torch.load(final, map_location="cpu", weights_only=True)["step"] == 0
     assert (tmp_path / MODEL_FILE).is_file() and (tmp_path / NORMALIZATION_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from veloxseg.cli.app import app
+
+    args = ["train", "-o", str(tmp_path), "--steps", "1", "--batch-size", "1", "--pool-size", "1",
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"final checkpoint: {tmp_path / 'checkpoint_final.pth'}" in result.output
+    assert load_checkpoint(tmp_path / "checkpoint_final.pth", "autopetii").n_classes == 2
