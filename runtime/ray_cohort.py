@@ -102,9 +102,14 @@ class CaseWorker:
         except (VeloxSegError, ValueError, OSError, RuntimeError) as e:
             self.error = f"worker on host {self.host} cannot open the model: {_one_line(e)}"
 
-    def ready(self) -> tuple[str, str | None]:
-        """(host, why the engine could not be opened or None)."""
-        return self.host, self.error
+    def ready(self) -> str | None:
+        """Why the engine could not be opened (naming this host), or None."""
+        return self.error
+
+    def engine_format(self) -> tuple[str, str]:
+        """The (backend, precision) that ``auto`` resolved to here."""
+        assert self.engine is not None, "engine_format() on a worker whose engine failed to open"
+        return self.engine.backend.name, self.engine.backend.precision
 
     def run(
         self, case: Case, output_dir: Path, options: SegmentOptions, overwrite: bool
@@ -145,7 +150,9 @@ def segment_folder_ray(
 
     Uses the Ray already initialised in this process if any, else connects to ``address``
     (``"auto"``, ``"HEAD:6379"``), else starts a local cluster for the call. ``on_case(case_id,
-    status)`` is called as cases finish; the report lists cases in folder order.
+    status)`` is called as cases finish; the report lists cases in folder order. ``auto``
+    backend or precision is resolved by the first worker and then used by all, so one cohort is
+    segmented in one format.
     """
     ray = _import_ray()
     model_path, input_dir, output_dir = (
@@ -168,8 +175,15 @@ def segment_folder_ray(
         worker_class = ray.remote(CaseWorker).options(
             num_cpus=n_threads, max_restarts=_RESTARTS, max_task_retries=_RETRIES
         )
-        actors = [
-            worker_class.remote(model_path, backend, precision, n_threads) for _ in range(n_workers)
+        actors = [worker_class.remote(model_path, backend, precision, n_threads)]
+        if "auto" in (backend, precision):  # resolved once, by the first worker, for the cohort
+            error = ray.get(actors[0].ready.remote())
+            if error:
+                raise VeloxSegError(error)
+            backend, precision = ray.get(actors[0].engine_format.remote())
+        actors += [
+            worker_class.remote(model_path, backend, precision, n_threads)
+            for _ in range(n_workers - 1)
         ]
         outcomes = _dispatch(actors, deque(cases), output_dir, options, overwrite, on_case)
     finally:
@@ -215,7 +229,7 @@ def _dispatch(
         if ref in starting:
             actor = starting.pop(ref)
             try:
-                _host, error = ray.get(ref)
+                error = ray.get(ref)
             except RayError as e:
                 error = f"a Ray worker died while starting: {_one_line(e)}"
             if error:

@@ -21,6 +21,7 @@ from veloxseg.runtime.segment import SegmentOptions
 from veloxseg.train.phantom import make_phantom, save_phantom_case
 
 GOOD = ("p0", "p1", "p2")
+FORMAT = {"backend": "openvino", "precision": "fp32"}  # not auto: a timing-based choice may vary
 runner = CliRunner()
 
 
@@ -55,11 +56,11 @@ def _sidecar(path: Path) -> dict:
 def test_ray_cohort_matches_folder_mode_accounts_for_every_case_and_skips_on_rerun(
     ray_cluster, cohort, tmp_path
 ):
-    engine = Engine.open(bundled_model(), threads=1)
+    engine = Engine.open(bundled_model(), threads=1, **FORMAT)
     expected = segment_folder(engine, cohort, tmp_path / "folder", SegmentOptions())
     seen: list[tuple[str, str]] = []
     report = segment_folder_ray(
-        bundled_model(), cohort, tmp_path / "ray", workers=2, threads=1,
+        bundled_model(), cohort, tmp_path / "ray", workers=2, threads=1, **FORMAT,
         on_case=lambda case, status: seen.append((case, status)),
     )  # fmt: skip
 
@@ -82,12 +83,14 @@ def test_ray_cohort_matches_folder_mode_accounts_for_every_case_and_skips_on_rer
     assert not list((tmp_path / "ray").glob(".*tmp*"))
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()}
-    rerun = segment_folder_ray(bundled_model(), cohort, tmp_path / "ray", workers=2, threads=1)
+    rerun = segment_folder_ray(
+        bundled_model(), cohort, tmp_path / "ray", workers=2, threads=1, **FORMAT
+    )
     assert rerun.done == [] and rerun.skipped == list(GOOD) and rerun.failed == report.failed
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()} == stamps
 
 
-def test_cli_ray_flag_reports_like_folder_mode_and_exits_1_on_failures(
+def test_cli_ray_flag_reports_like_folder_mode_and_segments_the_cohort_in_one_format(
     ray_cluster, cohort, tmp_path
 ):
     args = ["segment", "-i", str(cohort), "-o", str(tmp_path), "--ray", "--workers", "2"]
@@ -95,6 +98,8 @@ def test_cli_ray_flag_reports_like_folder_mode_and_exits_1_on_failures(
     assert result.exit_code == 1, result.output
     assert "done 3, skipped 0, failed 2" in result.output and "broken" in result.output
     assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in GOOD]
+    sidecars = [json.loads((tmp_path / f"{c}.json").read_text()) for c in GOOD]
+    assert len({(s["backend"], s["precision"]) for s in sidecars}) == 1
 
 
 def test_ray_flag_without_ray_installed_is_one_line_exit_2(monkeypatch, cohort, tmp_path):
@@ -113,8 +118,8 @@ def test_ray_options_on_a_single_case_are_refused(cohort, tmp_path):
 def test_worker_that_cannot_see_a_path_fails_the_case_naming_host_and_shared_filesystem(
     cohort, tmp_path
 ):
-    worker = CaseWorker(bundled_model(), "auto", "fp32", 1)
-    assert worker.ready()[1] is None
+    worker = CaseWorker(bundled_model(), "openvino", "fp32", 1)
+    assert worker.ready() is None and worker.engine_format() == ("openvino", "fp32")
     absent = Case("gone", (tmp_path / "elsewhere" / "gone_0000.nii.gz", cohort / "p0_0001.nii.gz"))
     status, reason = worker.run(absent, tmp_path, SegmentOptions(), False)
     assert status == "failed"
@@ -125,8 +130,9 @@ def test_worker_that_cannot_see_a_path_fails_the_case_naming_host_and_shared_fil
 
 
 def test_worker_that_cannot_read_the_model_says_so_instead_of_opening(tmp_path):
-    host, error = CaseWorker(tmp_path / "model.onnx", "auto", "fp32", 1).ready()
-    assert error == f"worker on host {host} cannot read {tmp_path / 'model.onnx'}: {SHARED_FS}"
+    worker = CaseWorker(tmp_path / "model.onnx", "auto", "auto", 1)
+    expected = f"worker on host {worker.host} cannot read {tmp_path / 'model.onnx'}: {SHARED_FS}"
+    assert worker.ready() == expected
 
 
 @pytest.mark.parametrize(
