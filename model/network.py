@@ -84,30 +84,30 @@ def _resolve(config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-class _SegDecoder(nn.Module):
+def _jlc_level(cfg: dict[str, Any], level: int) -> nn.Sequential:
+    """The JLC blocks of one level (``base_ch * 2**level`` channels) as the config sets them."""
+    return jlc_layer(
+        cfg["base_ch"] * 2**level,
+        cfg["conv_depths"][level],
+        cfg["kernel_sizes"],
+        cfg["min_dim_group"][level],
+        cfg["conv_expansion_factor"][level],
+        cfg["conv_drop"],
+    )
+
+
+class _DecoderTrunk(nn.Module):
+    """Shared by the segmentation decoder and the teachers: ``up_l = JLC(enc_l + up(up_l+1))``."""
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
-        base, k = cfg["base_ch"], cfg["n_classes"]
+        base = cfg["base_ch"]
         self.patch_size = cfg["patch_size"]
         self.layer_up3 = UpConv(base * 8, base * 4)
         self.layer_up2 = UpConv(base * 4, base * 2)
         self.layer_up1 = UpConv(base * 2, base)
         for i in range(3):
-            layer = jlc_layer(
-                base * 2**i,
-                cfg["conv_depths"][i],
-                cfg["kernel_sizes"],
-                cfg["min_dim_group"][i],
-                cfg["conv_expansion_factor"][i],
-                cfg["conv_drop"],
-            )
-            self.add_module(f"layer{i + 1}", layer)
-        self.out_conv1 = nn.Sequential(nn.Conv3d(base, self.patch_size**3 * k, 3, padding=1))
-        self.deep_supervision = cfg["deep_supervision"]
-        if self.deep_supervision:
-            self.out_conv2 = nn.Conv3d(base * 2, k, 1)
-            self.out_conv3 = nn.Conv3d(base * 4, k, 1)
-            self.out_conv4 = nn.Conv3d(base * 8, k, 1)
+            self.add_module(f"layer{i + 1}", _jlc_level(cfg, i))
 
     def features(self, encs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """``(up1, up2, up3)``: decoder features at 1/4, 1/8 and 1/16 resolution."""
@@ -117,50 +117,41 @@ class _SegDecoder(nn.Module):
         up1 = self.layer1(enc1 + self.layer_up1(up2))
         return up1, up2, up3
 
+
+class _SegDecoder(_DecoderTrunk):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        base, k = cfg["base_ch"], cfg["n_classes"]
+        self.out_conv1 = nn.Sequential(nn.Conv3d(base, self.patch_size**3 * k, 3, padding=1))
+        self.deep_supervision = cfg["deep_supervision"]
+        if self.deep_supervision:
+            self.out_conv2 = nn.Conv3d(base * 2, k, 1)
+            self.out_conv3 = nn.Conv3d(base * 4, k, 1)
+            self.out_conv4 = nn.Conv3d(base * 8, k, 1)
+
     def head(self, up1: torch.Tensor) -> torch.Tensor:
         """3x3x3 conv to ``p^3 * K`` channels, then pixel shuffle to full resolution."""
         return pixel_shuffle_3d(self.out_conv1(up1), self.patch_size)
 
 
-class _ReconstructionDecoder(nn.Module):
+class _ReconstructionDecoder(_DecoderTrunk):
     """SDKT teacher: reconstructs one modality from its PWA features and the fused features."""
 
     def __init__(self, cfg: dict[str, Any], out_ch: int) -> None:
-        super().__init__()
+        super().__init__(cfg)
         base, enc = cfg["base_ch"], cfg["attn_base_ch"] + cfg["base_ch"]
-        self.patch_size = cfg["patch_size"]
         for i in (4, 3, 2, 1):
             scale = 2 ** (i - 1)
             adapter = nn.Sequential(
                 nn.Conv3d(enc * scale, base * scale, 1), nn.InstanceNorm3d(base * scale)
             )
             self.add_module(f"enc2rc_{i}", adapter)
-        self.layer_up3 = UpConv(base * 8, base * 4)
-        self.layer_up2 = UpConv(base * 4, base * 2)
-        self.layer_up1 = UpConv(base * 2, base)
-        for i in range(3):
-            layer = jlc_layer(
-                base * 2**i,
-                cfg["conv_depths"][i],
-                cfg["kernel_sizes"],
-                cfg["min_dim_group"][i],
-                cfg["conv_expansion_factor"][i],
-                cfg["conv_drop"],
-            )
-            self.add_module(f"layer{i + 1}", layer)
         self.out_conv = nn.Sequential(nn.Conv3d(base, self.patch_size**3 * out_ch, 3, padding=1))
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction ``(B, out_ch, D, H, W)`` and its decoder's last features."""
-        e1, e2, e3, e4 = (
-            self.enc2rc_1(feats[0]),
-            self.enc2rc_2(feats[1]),
-            self.enc2rc_3(feats[2]),
-            self.enc2rc_4(feats[3]),
-        )
-        up3 = self.layer3(e3 + self.layer_up3(e4))
-        up2 = self.layer2(e2 + self.layer_up2(up3))
-        up1 = self.layer1(e1 + self.layer_up1(up2))
+        adapters = (self.enc2rc_1, self.enc2rc_2, self.enc2rc_3, self.enc2rc_4)
+        up1, _, _ = self.features([a(f) for a, f in zip(adapters, feats, strict=True)])
         return pixel_shuffle_3d(self.out_conv(up1), self.patch_size), up1
 
 
@@ -207,15 +198,7 @@ class _ConvEncoder(nn.Module):
             factor = cfg["patch_size"] if i == 0 else 2
             self.add_module(f"down{i + 1}", DownConv(c_in, base * 2**i, factor))
         for i in range(_LEVELS):
-            layer = jlc_layer(
-                base * 2**i,
-                cfg["conv_depths"][i],
-                cfg["kernel_sizes"],
-                cfg["min_dim_group"][i],
-                cfg["conv_expansion_factor"][i],
-                cfg["conv_drop"],
-            )
-            self.add_module(f"layer{i + 1}", layer)
+            self.add_module(f"layer{i + 1}", _jlc_level(cfg, i))
 
 
 class _Encoder(nn.Module):
