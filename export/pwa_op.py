@@ -64,14 +64,19 @@ def node_attributes(
     }
 
 
+def _run_core(scheme: WindowScheme, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The PyTorch core on the node's input order ``q_0, k_0, v_0, ..., bias``."""
+    qkv, bias = tensors[:-1], tensors[-1]
+    qs, ks, vs = list(qkv[0::3]), list(qkv[1::3]), list(qkv[2::3])
+    return tuple(window_attention_core(qs, ks, vs, bias, scheme))
+
+
 class PairedWindowAttentionFunction(torch.autograd.Function):
     """Eager: the PyTorch core. Export: one ``ai.veloxseg::PairedWindowAttention`` node."""
 
     @staticmethod
     def forward(ctx, scheme: WindowScheme, modalities: int, size: tuple[int, int, int], *tensors):  # type: ignore[override]
-        qkv, bias = tensors[:-1], tensors[-1]
-        qs, ks, vs = list(qkv[0::3]), list(qkv[1::3]), list(qkv[2::3])
-        return tuple(window_attention_core(qs, ks, vs, bias, scheme))
+        return _run_core(scheme, tensors)
 
     @staticmethod
     def symbolic(g, scheme: WindowScheme, modalities: int, size: tuple[int, int, int], *inputs):  # type: ignore[no-untyped-def]
@@ -99,9 +104,7 @@ class _CoreModule(nn.Module):
         self.scheme, self.modalities = scheme, modalities
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        qkv, bias = tensors[:-1], tensors[-1]
-        qs, ks, vs = list(qkv[0::3]), list(qkv[1::3]), list(qkv[2::3])
-        return tuple(window_attention_core(qs, ks, vs, bias, self.scheme))
+        return _run_core(self.scheme, tensors)
 
 
 def input_names(modalities: int) -> list[str]:
