@@ -34,9 +34,10 @@ from veloxseg.runtime.segment import CaseResult, SegmentOptions
 
 __all__ = ["DEFAULT_THREADS", "SHARED_FS", "CaseWorker", "plan_workers", "segment_folder_ray"]
 
-DEFAULT_THREADS = 2
-"""Threads per worker when neither threads nor workers are given: on this model two threads
-per engine and one engine per two cores gave the most cases per minute (benchmarks/results)."""
+DEFAULT_THREADS = 1
+"""Threads per worker when neither threads nor workers are given: one engine per core gave the
+most cases per minute (benchmarks/results/ray_bench.md), as this small model scales better
+across processes than across threads. Fewer workers with more threads need less memory."""
 
 SHARED_FS = "the model, inputs and outputs must be on a filesystem shared by all workers"
 

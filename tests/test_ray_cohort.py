@@ -138,7 +138,7 @@ def test_worker_that_cannot_read_the_model_says_so_instead_of_opening(tmp_path):
 @pytest.mark.parametrize(
     ("nodes", "threads", "workers", "plan"),
     [
-        ([2], None, None, (1, 2)),
+        ([2], None, None, (2, 1)),
         ([2], None, 2, (2, 1)),
         ([2], 1, None, (2, 1)),
         ([16, 16], 4, None, (8, 4)),
