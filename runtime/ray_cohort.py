@@ -247,9 +247,10 @@ def _dispatch(
             outcome = ("failed", f"the Ray worker died on this case: {_one_line(e)}")
             if actor not in starting.values():
                 starting[actor.ready.remote()] = actor
-        except RayError as e:
-            outcome = ("failed", _one_line(e))
-        else:
+        except RayError as e:  # an unexpected error in run(): this case fails, the worker goes on
+            cause = getattr(e, "cause", None) or e
+            outcome = ("failed", f"{type(cause).__name__}: {_one_line(cause)}")
+        if actor not in starting.values():  # a restarting worker is fed once it is up again
             submit(actor)
         outcomes[case.case_id] = outcome
         if on_case:
