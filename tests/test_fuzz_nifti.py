@@ -130,11 +130,11 @@ def _voxels(spec: Spec, rng: np.random.Generator) -> np.ndarray:
         return data
     dtype = np.dtype(spec.dtype)
     info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
-    values = rng.normal(100, 400, spec.shape)
-    if spec.values == "constant":
-        values[...] = 7
-    elif spec.values == "extremes":  # the type's limits: sums and differences overflow
-        values = rng.choice([float(info.min), float(info.max)], spec.shape)
+    if spec.values == "extremes":  # the type's limits: sums and differences overflow
+        return rng.choice(np.array([info.min, info.max], dtype), spec.shape)
+    values = (
+        np.full(spec.shape, 7.0) if spec.values == "constant" else rng.normal(100, 400, spec.shape)
+    )
     data = np.clip(values, info.min, info.max).astype(dtype)
     if spec.values == "nan" and dtype.kind in "fc" and data.size:
         data.flat[rng.integers(data.size)] = rng.choice([np.nan, np.inf, -np.inf])
@@ -155,7 +155,8 @@ def _header(spec: Spec, affine: np.ndarray, dtype: np.dtype) -> nib.Nifti1Header
     header["pixdim"] = pixdim
     if spec.codes[0]:
         try:  # nibabel cannot express every affine as a quaternion; keep the default then
-            header.set_qform(affine, code=spec.codes[0])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                header.set_qform(affine, code=spec.codes[0])
         except (HeaderDataError, np.linalg.LinAlgError):
             header["qform_code"] = spec.codes[0]
     header["sform_code"] = spec.codes[1]
