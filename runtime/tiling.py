@@ -132,6 +132,7 @@ class _Accumulator:
         self.plan = plan
         self.n_classes = n_classes
         self._weight = weight.astype(np.float32, copy=False)
+        self._unit_weight = bool(np.all(self._weight == 1.0))  # constant blend: x * 1 == x
 
     def _weighted(self, logits: np.ndarray) -> np.ndarray:
         """``logits * w`` in float32, as MONAI multiplies each window before summing."""
@@ -139,7 +140,7 @@ class _Accumulator:
         expected = (self.n_classes, *self.plan.patch)
         if logits.shape != expected:
             raise ValueError(f"window logits have shape {logits.shape}, expected {expected}")
-        return logits * self._weight
+        return logits if self._unit_weight else logits * self._weight
 
 
 class DenseAccumulator(_Accumulator):
@@ -164,6 +165,9 @@ class DenseAccumulator(_Accumulator):
         self._sum /= self._count
         out = self._sum[(slice(None), *self.plan.crop)]
         return np.ascontiguousarray(out) if self.plan.shape != self.plan.padded_shape else out
+
+
+_EMIT_ROWS = 8
 
 
 class StreamingLabelAccumulator(_Accumulator):
@@ -210,7 +214,10 @@ class StreamingLabelAccumulator(_Accumulator):
             n = min(upto - self._base, rows)
             self._emit(n)
             for buf in (self._sum, self._count):
-                buf[:, : rows - n] = buf[:, n:]
+                # Row by row: an overlapping slice assignment would make numpy copy the whole
+                # buffer into a temporary, doubling the peak memory of this accumulator.
+                for row in range(rows - n):
+                    buf[:, row] = buf[:, row + n]
                 buf[:, rows - n :] = 0
             self._base += n
 
@@ -220,8 +227,10 @@ class StreamingLabelAccumulator(_Accumulator):
         lo, hi = max(before - self._base, 0), min(before + size - self._base, n)
         if lo >= hi:
             return  # these rows are all padding
-        region = (slice(None), slice(lo, hi), *self.plan.crop[1:])
-        block = self._sum[region]
-        np.divide(block, self._count[region], out=block)
-        first = self._base + lo - before
-        self._labels[first : first + hi - lo] = block.argmax(axis=0)
+        for start in range(lo, hi, _EMIT_ROWS):  # a few rows at a time bounds the argmax temporary
+            stop = min(start + _EMIT_ROWS, hi)
+            region = (slice(None), slice(start, stop), *self.plan.crop[1:])
+            block = self._sum[region]
+            np.divide(block, self._count[region], out=block)
+            first = self._base + start - before
+            self._labels[first : first + stop - start] = block.argmax(axis=0)
