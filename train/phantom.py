@@ -757,8 +757,8 @@ def make_phantom(
 def save_phantom_case(phantom: Phantom, folder: str | Path, case_id: str) -> dict[str, Path]:
     """Write one case in nnU-Net layout: ``images/{id}_0000`` CT, ``_0001`` PET, ``labels/{id}``.
 
-    Channel order matches the model and upstream AutoPET-II training (0 CT, 1 PET). qform and sform are both set to scanner
-    coordinates so every NIfTI reader agrees on the geometry.
+    Channel order matches the model and upstream AutoPET-II training (0 CT, 1 PET). qform and
+    sform are both set to scanner coordinates so every NIfTI reader agrees on the geometry.
     """
     folder = Path(folder)
     paths = {
