@@ -56,13 +56,15 @@ def prepare_volume(kind: str, large_shape: tuple[int, int, int], folder: Path) -
     return path
 
 
-def run_ours(path: Path, threads: int, overlap: float, backend: str, precision: str):  # type: ignore[no-untyped-def]
+def run_ours(path: Path, threads: int, overlap: float, backend: str, precision: str, streams: int):  # type: ignore[no-untyped-def]
     from veloxseg.runtime import Engine
     from veloxseg.runtime.tiling import plan_tiles
 
     volume = np.load(path)
     base_rss = _rss_now_mb()
-    engine = Engine.open(bundled_model(), backend=backend, precision=precision, threads=threads)  # type: ignore[arg-type]
+    engine = Engine.open(
+        bundled_model(), backend=backend, precision=precision, threads=threads, streams=streams
+    )  # type: ignore[arg-type]
     start = time.perf_counter()
     labels = engine.predict_volume(volume, overlap=overlap, output="labels")
     seconds = time.perf_counter() - start
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--cases", default="sample,large")
+    parser.add_argument("--streams", type=int, default=0, help="0: OpenVINO chooses (as the CLI)")
     args = parser.parse_args()
     shape = tuple(args.large_shape)
     rows = []
@@ -121,7 +124,7 @@ def main() -> None:
     for kind in args.cases.split(","):
         path = run_isolated(prepare_volume, kind, shape, folder)
         ours = run_isolated(
-            run_ours, path, args.threads, args.overlap, args.backend, args.precision
+            run_ours, path, args.threads, args.overlap, args.backend, args.precision, args.streams
         )
         upstream = run_isolated(run_upstream, path, args.threads, args.overlap)
         path.unlink()
@@ -146,7 +149,7 @@ def main() -> None:
     (RESULTS / "volume_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Machine: {result['machine']}, {args.threads} threads, overlap {args.overlap}, "
-        f"ours = {args.backend} {args.precision}",
+        f"ours = {args.backend} {args.precision}, streams {args.streams or 'auto'}",
         "",
         "| case | windows | ours s | upstream s | speed-up | ours peak RSS MB "
         "| upstream peak RSS MB | RSS ratio | ours peak above input-loaded RSS MB "

@@ -116,18 +116,26 @@ def choose_backend(
     backend: str,
     precision: str,
     threads: int,
+    streams: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> Backend:
-    """The backend to use when ``backend`` or ``precision`` is ``auto`` (cached per machine)."""
+    """The backend to use when ``backend`` or ``precision`` is ``auto`` (cached per machine).
+
+    Formats are compared at one stream (latency, all threads); the winner is then compiled with
+    the requested ``streams``.
+    """
     candidates = _candidates(backend, precision)
     if not candidates:
         raise RuntimeError(f"no runtime available for backend={backend!r} precision={precision!r}")
-    options = lambda p: BackendOptions(threads=threads, precision=p)  # noqa: E731
+
+    def options(prec: str, n: int = 1) -> BackendOptions:
+        return BackendOptions(threads=threads, precision=prec, streams=n)  # type: ignore[arg-type]
+
     entries = _read_cache()
     key = _cache_key(model, threads)
     cached = entries.get(key, {}).get(f"{backend}/{precision}")
     if cached and tuple(cached) in candidates:
-        return create_backend(cached[0], model, options(cached[1]))
+        return create_backend(cached[0], model, options(cached[1], streams))
     x = _calibration_patch(model)
     results, reference, best = [], None, None
     for name, prec in candidates:
@@ -144,6 +152,8 @@ def choose_backend(
         if eligible and (best is None or seconds < best[0]):
             best = (seconds, engine)
     chosen = best[1]  # type: ignore[index]  # the first candidate is always eligible
+    if streams != 1 and chosen.name == "openvino":
+        chosen = create_backend(chosen.name, model, options(chosen.precision, streams))
     entries.setdefault(key, {})[f"{backend}/{precision}"] = [chosen.name, chosen.precision]
     entries[key]["calibration"] = results
     _write_cache(entries)

@@ -40,11 +40,14 @@ class Engine:
         backend: BackendName = "auto",
         precision: PrecisionName = "auto",
         threads: int | None = None,
+        streams: int = 1,
     ) -> Engine:
         """Validate ``path`` and compile it on ``backend`` with ``precision``.
 
         ``auto`` picks the fastest format meeting the accuracy bounds on this CPU, measured once
-        per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`).
+        per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`). ``streams``
+        > 1 (or 0 for the runtime's choice) trades single-patch latency for throughput over the
+        many windows of a volume (OpenVINO; ONNX Runtime ignores it).
         """
         if backend not in ("auto", *BACKENDS):
             raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
@@ -53,8 +56,8 @@ class Engine:
         model = open_model_file(path)
         threads = threads or os.cpu_count() or 1
         if backend == "auto" or precision == "auto":
-            return cls(model, choose_backend(model, backend, precision, threads))
-        options = BackendOptions(threads=threads, precision=precision)
+            return cls(model, choose_backend(model, backend, precision, threads, streams))
+        options = BackendOptions(threads=threads, precision=precision, streams=streams)
         return cls(model, create_backend(backend, model, options))
 
     @property

@@ -14,10 +14,13 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """``threads``: intra-op threads (None = all cores); ``precision``: fp32 or bf16."""
+    """``threads``: CPU threads (None = all cores); ``precision``: fp32 or bf16; ``streams``:
+    parallel inference streams sharing those threads (1 = lowest latency per call; more =
+    higher throughput over many windows; 0 = the runtime's own throughput choice)."""
 
     threads: int | None = None
     precision: Precision = "fp32"
+    streams: int = 1
 
 
 class Backend(Protocol):

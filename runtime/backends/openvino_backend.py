@@ -17,7 +17,8 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
 class OpenVINOBackend:
-    """A compiled model with a pool of infer requests; ``infer`` borrows one per call."""
+    """A compiled model with one infer request per stream; ``infer`` borrows one per call, so
+    ``parallel_requests`` calls run at once on separate streams."""
 
     name = "openvino"
 
@@ -29,8 +30,10 @@ class OpenVINOBackend:
         core.add_extension(pwa_conversion_extension())
         config: dict[str, str | int] = {
             "INFERENCE_PRECISION_HINT": _PRECISION_HINT[options.precision],
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": "LATENCY" if options.streams == 1 else "THROUGHPUT",
         }
+        if options.streams > 1:
+            config["NUM_STREAMS"] = options.streams
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = options.threads
         try:
@@ -39,7 +42,7 @@ class OpenVINOBackend:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"openvino cannot load {model.path}: {first}") from e
         self._compiled = compiled
-        self.parallel_requests = 1
+        self.parallel_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel_requests):
             self._requests.put(compiled.create_infer_request())
