@@ -146,7 +146,8 @@ def main() -> None:
         "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "volume_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"volume_bench_{args.precision}" + ("_1stream" if args.streams == 1 else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Machine: {result['machine']}, {args.threads} threads, overlap {args.overlap}, "
         f"ours = {args.backend} {args.precision}, streams {args.streams or 'auto'}",
@@ -164,7 +165,7 @@ def main() -> None:
             f"{r['rss_ratio']:.2f} | {o['peak_rss_mb'] - o['rss_before_engine_mb']:.0f} | "
             f"{o['patches_per_s']:.2f} | {100 * r['label_agreement']:.3f}% |"
         )
-    (RESULTS / "volume_bench.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -336,9 +336,7 @@ def bench(
     model: Annotated[
         Path | None, typer.Option("-m", "--model", help="ONNX model (default: bundled).")
     ] = None,
-    backends: Annotated[
-        str, typer.Option(help="Comma-separated formats.")
-    ] = "openvino-fp32,openvino-bf16,onnxruntime-fp32",
+    backends: Annotated[str, typer.Option(help="Comma-separated formats (default: all).")] = "all",
     threads: Annotated[int, typer.Option(help="Threads for every engine and for PyTorch.")] = 2,
     iterations: Annotated[int, typer.Option(help="Timed patches per format.")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
@@ -346,6 +344,7 @@ def bench(
 ) -> None:
     """Patches/s, latency, peak RSS and accuracy per backend x precision vs PyTorch eager."""
     from veloxseg.cli.bench import (
+        FORMATS,
         bench_patches,
         cpu_description,
         print_results,
@@ -357,9 +356,8 @@ def bench(
         from veloxseg.assets import bundled_model
 
         model = bundled_model()
-    results = bench_patches(
-        model, [b.strip() for b in backends.split(",") if b.strip()], threads, iterations
-    )
+    formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
+    results = bench_patches(model, [f for f in formats if f], threads, iterations)
     print_results(Console(), results, threads)
     meta = {"model": str(model), "threads": threads, "iterations": iterations}
     if json_out:

@@ -23,10 +23,12 @@ from veloxseg.runtime.benchmark import (
 
 __all__ = ["FORMATS", "bench_patches", "cpu_description", "results_table"]
 
-FORMATS = {
-    "openvino-fp32": ("openvino", "fp32"),
-    "openvino-bf16": ("openvino", "bf16"),
-    "onnxruntime-fp32": ("onnxruntime", "fp32"),
+FORMATS = {  # name: (backend, precision, streams); streams 0 = OpenVINO's throughput choice
+    "openvino-fp32": ("openvino", "fp32", 1),
+    "openvino-bf16": ("openvino", "bf16", 1),
+    "onnxruntime-fp32": ("onnxruntime", "fp32", 1),
+    "openvino-fp32-throughput": ("openvino", "fp32", 0),
+    "openvino-bf16-throughput": ("openvino", "bf16", 0),
 }
 
 
@@ -101,10 +103,10 @@ def bench_patches(
     for name in formats:
         if name not in FORMATS:
             raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
-        backend, precision = FORMATS[name]
+        backend, precision, streams = FORMATS[name]
         try:
             stats, logits = run_isolated(
-                measure_engine, str(model), backend, precision, threads, x, iterations
+                measure_engine, str(model), backend, precision, threads, x, iterations, streams
             )
         except Exception as e:  # a format that fails on this machine is reported, not fatal
             results.append(FormatResult(name, status=f"failed: {str(e).splitlines()[0][:60]}"))
