@@ -13,8 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from veloxseg.model import CONFIG_NAMES, VeloxSeg, get_config
-
-_TRAINING_ONLY = ("rc_decoders.", "decoder.out_conv2.", "decoder.out_conv3.", "decoder.out_conv4.")
+from veloxseg.model.checkpoint import TRAINING_ONLY_PREFIXES
 
 
 def main() -> None:
@@ -25,7 +24,9 @@ def main() -> None:
         model = VeloxSeg(**config).eval()
         params = dict(model.named_parameters())
         total = sum(p.numel() for p in params.values())
-        inference = sum(p.numel() for k, p in params.items() if not k.startswith(_TRAINING_ONLY))
+        inference = sum(
+            p.numel() for k, p in params.items() if not k.startswith(TRAINING_ONLY_PREFIXES)
+        )
         x = torch.zeros(1, sum(config["in_ch"]), *config["input_size"])
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)

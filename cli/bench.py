@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from veloxseg.runtime.autoselect import cpu_info
 from veloxseg.runtime.benchmark import (
     FormatResult,
     compare_logits,
@@ -34,15 +34,7 @@ FORMATS = {  # name: (backend, precision, streams); streams 0 = OpenVINO's throu
 
 def cpu_description() -> str:
     """CPU model name and core count, for recording results with the machine."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_info()[0]}, {os.cpu_count()} cores"
 
 
 def sample_patches(model: Path, count: int) -> np.ndarray:

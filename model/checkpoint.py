@@ -16,9 +16,15 @@ from torch import nn
 from veloxseg.model.configs import CONFIG_NAMES, get_config, resolve_config
 from veloxseg.model.network import VeloxSeg
 
-__all__ = ["CheckpointError", "load_checkpoint", "read_state_dict"]
+__all__ = ["TRAINING_ONLY_PREFIXES", "CheckpointError", "load_checkpoint", "read_state_dict"]
 
-_TRAINING_ONLY = ("rc_decoders.", "decoder.out_conv2.", "decoder.out_conv3.", "decoder.out_conv4.")
+TRAINING_ONLY_PREFIXES = (
+    "rc_decoders.",
+    "decoder.out_conv2.",
+    "decoder.out_conv3.",
+    "decoder.out_conv4.",
+)
+"""State-dict prefixes of modules that training needs and inference never runs."""
 
 
 class CheckpointError(ValueError):

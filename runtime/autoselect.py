@@ -10,6 +10,7 @@ description and the model's SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,30 +24,37 @@ from scipy import ndimage
 from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
 from veloxseg.runtime.model_file import ModelFile
 
-__all__ = ["MIN_AGREEMENT", "cache_path", "choose_backend", "cpu_signature"]
+__all__ = ["MIN_AGREEMENT", "cache_path", "choose_backend", "cpu_info", "cpu_signature"]
 
 MIN_AGREEMENT = 0.995
 _TIMED_RUNS = 3
 
 
-def cpu_signature() -> str:
-    """CPU model, core count and the instruction sets that decide the fastest format."""
-    name, flags = "unknown", set()
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU model name and instruction-set flags from ``/proc/cpuinfo`` (read once)."""
+    name, flags = "unknown CPU", frozenset()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown":
+            if key.strip() == "model name" and name == "unknown CPU":
                 name = value.strip()
             elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+                flags = frozenset(value.split())
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_signature() -> str:
+    """CPU model, core count and the instruction sets that decide the fastest format."""
+    name, flags = cpu_info()
     wanted = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     return f"{name}|{os.cpu_count()}|{','.join(wanted)}"
 
 
 def _has_native_bf16() -> bool:
-    return any(f in cpu_signature() for f in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
 
 
 def cache_path() -> Path:
