@@ -38,21 +38,21 @@ def cpu_description() -> str:
 
 
 def sample_patches(model: Path, count: int) -> np.ndarray:
-    """``count`` preprocessed patches of the bundled sample (real anatomy, not noise), so that
-    argmax agreement means something for a trained model."""
+    """``count`` patches of the bundled sample, preprocessed exactly as ``veloxseg segment``
+    does (real anatomy, not noise), so that argmax agreement means something for a trained
+    model."""
     from veloxseg.assets import sample_case
     from veloxseg.runtime.model_file import open_model_file
     from veloxseg.runtime.nifti_io import load_case
-    from veloxseg.runtime.normalization import normalize
     from veloxseg.runtime.orientation import to_canonical
+    from veloxseg.runtime.segment import to_model_grid
     from veloxseg.runtime.tiling import plan_tiles
 
     card = open_model_file(model).card
     inputs, _ = sample_case()
     data, geometry = load_case(inputs, card.in_channels)
-    volume = normalize(
-        np.ascontiguousarray(to_canonical(data, geometry.affine)[0]), card.normalization
-    )
+    canonical, affine, _ = to_canonical(data, geometry.affine)
+    volume, _ = to_model_grid(np.ascontiguousarray(canonical), affine, card)
     plan = plan_tiles(volume.shape[1:], card.patch_size, 0.25)
     padded = np.pad(volume, ((0, 0), *plan.pad))
     picks = np.linspace(0, len(plan.starts) - 1, count).round().astype(int)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from veloxseg.runtime.card import ModelCard
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.nifti_io import (
@@ -40,7 +41,7 @@ from veloxseg.runtime.resampling import (
 )
 from veloxseg.runtime.tiling import Blend
 
-__all__ = ["CaseResult", "SegmentOptions", "output_paths", "segment_case"]
+__all__ = ["CaseResult", "SegmentOptions", "output_paths", "segment_case", "to_model_grid"]
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,11 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
         raise InputError(f"output {output} is one of the inputs; choose another output path")
 
 
-def _model_grid(
-    data: np.ndarray, affine: np.ndarray, engine: Engine, max_voxels: int
+def to_model_grid(
+    data: np.ndarray, affine: np.ndarray, card: ModelCard, max_voxels: int = DEFAULT_MAX_VOXELS
 ) -> tuple[np.ndarray, bool]:
-    """Normalise, then resample to the model spacing; returns (volume, resampled?)."""
-    card = engine.metadata
+    """Canonical ``(C, X, Y, Z)`` data to the model's input: normalised (in place), then
+    resampled to the card's spacing; returns ``(volume, resampled?)``."""
     spacing = tuple(float(s) for s in voxel_sizes(affine))
     target = card.spacing
     shape = new_shape(data.shape[1:], spacing, target)
@@ -176,7 +177,7 @@ def segment_case(
         canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
         canonical = np.ascontiguousarray(canonical)
         canonical_shape = canonical.shape[1:]
-        volume, resampled = _model_grid(canonical, canonical_affine, engine, options.max_voxels)
+        volume, resampled = to_model_grid(canonical, canonical_affine, card, options.max_voxels)
         del data, canonical
     with clock.stage("inference"):
         indices, probs = _infer_labels(engine, volume, canonical_shape, resampled, options)
