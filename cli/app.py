@@ -358,7 +358,10 @@ def bench(
         model = bundled_model()
     formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
     results = bench_patches(model, [f for f in formats if f], threads, iterations)
-    print_results(Console(), results, threads)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: never truncate the table's columns
+        console = Console(width=200)
+    print_results(console, results, threads)
     meta = {"model": str(model), "threads": threads, "iterations": iterations}
     if json_out:
         write_json(json_out, results, meta)
