@@ -16,19 +16,24 @@ from veloxseg.runtime.autoselect import cpu_info
 from veloxseg.runtime.benchmark import (
     FormatResult,
     compare_logits,
+    compare_margins,
     file_size_mb,
     measure_engine,
     run_isolated,
 )
+from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
 
 __all__ = ["FORMATS", "bench_patches", "cpu_description", "results_table"]
 
-FORMATS = {  # name: (backend, precision, streams); streams 0 = OpenVINO's throughput choice
-    "openvino-fp32": ("openvino", "fp32", 1),
-    "openvino-bf16": ("openvino", "bf16", 1),
-    "onnxruntime-fp32": ("onnxruntime", "fp32", 1),
-    "openvino-fp32-throughput": ("openvino", "fp32", 0),
-    "openvino-bf16-throughput": ("openvino", "bf16", 0),
+FORMATS = {  # name: (backend, precision, streams, output); streams 0 = OpenVINO's choice
+    "openvino-fp32": ("openvino", "fp32", 1, LOGITS),
+    "openvino-bf16": ("openvino", "bf16", 1, LOGITS),
+    "onnxruntime-fp32": ("onnxruntime", "fp32", 1, LOGITS),
+    "openvino-fp32-throughput": ("openvino", "fp32", 0, LOGITS),
+    "openvino-bf16-throughput": ("openvino", "bf16", 0, LOGITS),
+    # what `veloxseg segment` runs for labels: the label-margins output, throughput streams
+    "openvino-fp32-labels-throughput": ("openvino", "fp32", 0, MARGINS),
+    "openvino-bf16-labels-throughput": ("openvino", "bf16", 0, MARGINS),
 }
 
 
@@ -71,8 +76,13 @@ def sample_patches(model: Path, count: int) -> np.ndarray:
 def bench_patches(
     model: Path, formats: list[str], threads: int, iterations: int, patches: int = 2
 ) -> list[FormatResult]:
-    """One row per format plus PyTorch eager (when torch is installed), each in its own process."""
+    """One row per format plus PyTorch eager (when torch is installed), each in its own process.
+
+    ``-labels`` formats time the label-margins output; their max |Δ| is against the reference's
+    logit margins over class 0, and their agreement is that of the labels.
+    """
     x = sample_patches(model, patches)
+    has_margins = open_model_file(model).has_margins
     size = file_size_mb(model)
     results: list[FormatResult] = []
     reference = None
@@ -95,17 +105,25 @@ def bench_patches(
     for name in formats:
         if name not in FORMATS:
             raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
-        backend, precision, streams = FORMATS[name]
+        backend, precision, streams, output = FORMATS[name]
+        if output == MARGINS and not has_margins:
+            results.append(FormatResult(name, status="skipped: no label_margins output"))
+            continue
         try:
-            stats, logits = run_isolated(
-                measure_engine, str(model), backend, precision, threads, x, iterations, streams
-            )
+            stats, outputs = run_isolated(
+                measure_engine, str(model), backend, precision, threads, x, iterations, streams,
+                output,
+            )  # fmt: skip
         except Exception as e:  # a format that fails on this machine is reported, not fatal
             results.append(FormatResult(name, status=f"failed: {str(e).splitlines()[0][:60]}"))
             continue
+        if reference is None and output == LOGITS:
+            reference = outputs  # no torch: the first logits format is the reference
         if reference is None:
-            reference = logits  # no torch: the first format is the reference
-        diff, agreement = compare_logits(logits, reference)
+            results.append(FormatResult(name, status="skipped: no logits reference"))
+            continue
+        compare = compare_margins if output == MARGINS else compare_logits
+        diff, agreement = compare(outputs, reference)
         speedup = eager_ms / stats["ms_median"] if eager_ms else None
         results.append(
             FormatResult(

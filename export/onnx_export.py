@@ -19,10 +19,10 @@ from typing import Any
 
 import onnx
 import torch
-from torch import nn
 
 from veloxseg import __version__
 from veloxseg.export.card_defaults import default_card_fields
+from veloxseg.export.inference_graph import export_forward, output_names
 from veloxseg.export.pwa_op import (
     DOMAIN,
     DOMAIN_VERSION,
@@ -114,8 +114,10 @@ def _custom_core(
 
 
 def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
-    """A copy whose PWA cores emit custom nodes, with each tiled bias as a constant buffer."""
+    """A copy whose PWA cores emit custom nodes, with each tiled bias as a constant buffer, and
+    whose forward is :func:`export_forward` (merged embeddings, label margins)."""
     model = copy.deepcopy(model).eval()
+    model.forward = types.MethodType(export_forward, model)
     schemes: dict[str, tuple] = {}
     size = [s // model.patch_size for s in model.config["input_size"]]
     levels = model.encoder.encoder_attn.layers
@@ -134,8 +136,9 @@ def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
     return model, schemes
 
 
-def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _trace_to_onnx(model: VeloxSeg, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
+    outputs = output_names(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -145,19 +148,23 @@ def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.
             dynamo=False,
             opset_version=opset,
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             custom_opsets={DOMAIN: DOMAIN_VERSION},
             do_constant_folding=False,  # keep state-dict names on every weight
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _declare_output_shape(proto: onnx.ModelProto, cfg: dict[str, Any]) -> None:
-    """Custom nodes hide the output shape from the tracer; state it: ``(batch, K, *patch)``."""
-    output = proto.graph.output[0]
-    dims = ["batch", cfg.get("n_classes", 2), *cfg["input_size"]]
-    output.CopyFrom(onnx.helper.make_tensor_value_info(output.name, onnx.TensorProto.FLOAT, dims))
+def _declare_output_shapes(proto: onnx.ModelProto, cfg: dict[str, Any]) -> None:
+    """Custom nodes hide output shapes from the tracer; state them: ``(batch, K, *patch)`` for
+    the logits, ``(batch, K - 1, *patch)`` for the label margins."""
+    k = cfg.get("n_classes", 2)
+    for output, channels in zip(proto.graph.output, (k, k - 1), strict=False):
+        dims = ["batch", channels, *cfg["input_size"]]
+        output.CopyFrom(
+            onnx.helper.make_tensor_value_info(output.name, onnx.TensorProto.FLOAT, dims)
+        )
 
 
 def export_onnx(
@@ -190,7 +197,7 @@ def export_onnx(
     example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
     proto = _trace_to_onnx(export_model, example, opset)
     attach_functions(proto, schemes, opset)
-    _declare_output_shape(proto, cfg)
+    _declare_output_shapes(proto, cfg)
     proto.ir_version = IR_VERSION
     proto.producer_name = "veloxseg"
     proto.producer_version = __version__

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from veloxseg.runtime import Engine
+from veloxseg.runtime.model_file import MARGINS
 
 __all__ = ["ExportMismatchError", "verify_export"]
 
@@ -22,7 +23,9 @@ def verify_export(
 ) -> dict[str, float]:
     """Max |Δlogit| per backend on a seeded normal input; raise above ``tolerance``.
 
-    A batch of 2 checks the dynamic batch axis too.
+    The label margins, where the file has them, are held to the same tolerance against PyTorch's
+    logit differences (the larger of the two is reported). A batch of 2 checks the dynamic batch
+    axis too.
     """
     config = model.config
     rng = np.random.default_rng(seed)
@@ -33,6 +36,10 @@ def verify_export(
     for backend in ("onnxruntime", "openvino"):
         engine = Engine.open(path, backend=backend, precision="fp32")
         diffs[backend] = float(np.abs(engine.predict_patches(x) - expected).max())
+        if engine.model.has_margins:
+            margins = engine.predict_patches(x, MARGINS)
+            diff = np.abs(margins - (expected[:, 1:] - expected[:, :1])).max()
+            diffs[backend] = max(diffs[backend], float(diff))
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:
         raise ExportMismatchError(

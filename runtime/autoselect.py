@@ -24,7 +24,7 @@ from scipy import ndimage
 from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
 from veloxseg.runtime.model_file import ModelFile
 
-__all__ = ["MIN_AGREEMENT", "cache_path", "choose_backend", "cpu_info", "cpu_signature"]
+__all__ = ["MIN_AGREEMENT", "cache_path", "choose_format", "cpu_info", "cpu_signature"]
 
 MIN_AGREEMENT = 0.995
 _TIMED_RUNS = 3
@@ -119,36 +119,30 @@ def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def choose_backend(
+def choose_format(
     model: ModelFile,
     backend: str,
     precision: str,
     threads: int,
-    streams: int = 1,
     log: Callable[[str], None] | None = None,
-) -> Backend:
-    """The backend to use when ``backend`` or ``precision`` is ``auto`` (cached per machine).
+) -> tuple[str, str]:
+    """``(backend, precision)`` to use when either is ``auto`` (cached per machine and model).
 
-    Formats are compared at one stream (latency, all threads); the winner is then compiled with
-    the requested ``streams``.
+    Formats are compared at one stream (latency, all threads), on the logits output.
     """
     candidates = _candidates(backend, precision)
     if not candidates:
         raise RuntimeError(f"no runtime available for backend={backend!r} precision={precision!r}")
-
-    def options(prec: str, n: int = 1) -> BackendOptions:
-        return BackendOptions(threads=threads, precision=prec, streams=n)  # type: ignore[arg-type]
-
     entries = _read_cache()
     key = _cache_key(model, threads)
     cached = entries.get(key, {}).get(f"{backend}/{precision}")
     if cached and tuple(cached) in candidates:
-        return create_backend(cached[0], model, options(cached[1], streams))
+        return cached[0], cached[1]
     x = _calibration_patch(model)
     results, reference, best = [], None, None
     for name, prec in candidates:
-        engine = create_backend(name, model, options(prec))
-        seconds, logits = _time(engine, x)
+        options = BackendOptions(threads=threads, precision=prec)  # type: ignore[arg-type]
+        seconds, logits = _time(create_backend(name, model, options), x)
         if reference is None and prec == "fp32":
             reference = logits
         agreement = 1.0
@@ -158,14 +152,12 @@ def choose_backend(
         results.append({"backend": name, "precision": prec, "ms": seconds * 1000,
                         "agreement": agreement, "eligible": eligible})  # fmt: skip
         if eligible and (best is None or seconds < best[0]):
-            best = (seconds, engine)
+            best = (seconds, (name, prec))
     chosen = best[1]  # type: ignore[index]  # the first candidate is always eligible
-    if streams != 1 and chosen.name == "openvino":
-        chosen = create_backend(chosen.name, model, options(chosen.precision, streams))
-    entries.setdefault(key, {})[f"{backend}/{precision}"] = [chosen.name, chosen.precision]
+    entries.setdefault(key, {})[f"{backend}/{precision}"] = list(chosen)
     entries[key]["calibration"] = results
     _write_cache(entries)
     if log:
-        log(f"auto: chose {chosen.name} {chosen.precision} " + ", ".join(
+        log(f"auto: chose {chosen[0]} {chosen[1]} " + ", ".join(
             f"{r['backend']}-{r['precision']} {r['ms']:.0f} ms" for r in results))  # fmt: skip
     return chosen

@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "FormatResult",
     "compare_logits",
+    "compare_margins",
     "measure_engine",
     "run_isolated",
     "time_calls",
@@ -79,8 +80,10 @@ def measure_engine(
     x: np.ndarray,
     iterations: int,
     streams: int = 1,
+    output: str = "logits",
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Time ``predict_patches`` on ``x`` one patch per call; returns stats and the logits.
+    """Time ``predict_patches`` of graph output ``output`` on ``x`` one patch per call; returns
+    stats and that output.
 
     With ``streams`` != 1, as many calls run at once as the engine has parallel requests (as in
     a whole volume): patches/s is then throughput, and ms/patch its inverse; p90 is per call.
@@ -92,16 +95,16 @@ def measure_engine(
     engine = Engine.open(
         path, backend=backend, precision=precision, threads=threads, streams=streams
     )  # type: ignore[arg-type]
-    logits = engine.predict_patches(x)
+    result = engine.predict_patches(x, output)
     single = x[:1]
-    lanes = engine.backend.parallel_requests
+    lanes = engine.compiled(output).parallel_requests
     if lanes == 1:
-        stats = summarise(time_calls(lambda: engine.predict_patches(single), iterations), 1)
+        stats = summarise(time_calls(lambda: engine.predict_patches(single, output), iterations), 1)
     else:
         per_lane = max(1, iterations // lanes)
 
         def lane(count: int) -> list[float]:
-            return time_calls(lambda: engine.predict_patches(single), count, warmup=0)
+            return time_calls(lambda: engine.predict_patches(single, output), count, warmup=0)
 
         with ThreadPoolExecutor(lanes) as pool:
             list(pool.map(lane, [1] * lanes))  # warm every request
@@ -115,7 +118,7 @@ def measure_engine(
             "patches_per_s": rate,
         }
     stats["peak_rss_mb"] = peak_rss_mb()
-    return stats, logits
+    return stats, result
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
@@ -130,6 +133,15 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray) -> tuple[float, fl
     diff = float(np.abs(logits - reference).max())
     agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
     return diff, agreement
+
+
+def compare_margins(margins: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Max |Δ| of label margins against the reference logits' margins over class 0, and the
+    fraction of voxels whose label (0 unless a margin is positive) matches the logits' argmax."""
+    expected = reference[:, 1:] - reference[:, :1]
+    diff = float(np.abs(margins - expected).max())
+    labels = np.where(margins.max(1) > 0, margins.argmax(1) + 1, 0)
+    return diff, float((labels == reference.argmax(1)).mean())
 
 
 def file_size_mb(path: Path) -> float:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from veloxseg.runtime.autoselect import choose_backend
-from veloxseg.runtime.backends import BACKENDS, Backend, BackendOptions, create_backend
+from veloxseg.runtime.autoselect import choose_format
+from veloxseg.runtime.backends import (
+    BACKENDS,
+    Backend,
+    BackendOptions,
+    check_precision,
+    create_backend,
+)
 from veloxseg.runtime.card import ModelCard
 from veloxseg.runtime.errors import InputError
-from veloxseg.runtime.model_file import ModelFile, open_model_file
+from veloxseg.runtime.model_file import LOGITS, MARGINS, ModelFile, open_model_file
 from veloxseg.runtime.sliding_window import Output, sliding_window_predict
 from veloxseg.runtime.tiling import Blend
 
@@ -23,15 +31,20 @@ PrecisionName = Literal["auto", "fp32", "bf16"]
 
 
 class Engine:
-    """A loaded VeloxSeg model on one backend.
+    """A loaded VeloxSeg model on one backend and precision.
 
     Arrays are ``(C, X, Y, Z)`` volumes or ``(B, C, *patch)`` batches in the model's canonical
-    (RAS) axis order, float32, already normalised as ``metadata.normalization`` says.
+    (RAS) axis order, float32, already normalised as ``metadata.normalization`` says. Each graph
+    output is compiled on first use: labels come from ``label_margins`` where the file has them
+    (K-1 channels instead of K), logits and probabilities from ``logits``.
     """
 
-    def __init__(self, model: ModelFile, backend: Backend) -> None:
+    def __init__(self, model: ModelFile, backend: str, options: BackendOptions) -> None:
         self.model = model
-        self.backend = backend
+        self.backend_name = backend
+        self.options = options
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -42,7 +55,8 @@ class Engine:
         threads: int | None = None,
         streams: int = 1,
     ) -> Engine:
-        """Validate ``path`` and compile it on ``backend`` with ``precision``.
+        """Validate ``path`` and choose how to run it: ``backend`` with ``precision``; each
+        output compiles on first use.
 
         ``auto`` picks the fastest format meeting the accuracy bounds on this CPU, measured once
         per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`). ``streams``
@@ -56,17 +70,36 @@ class Engine:
         model = open_model_file(path)
         threads = threads or os.cpu_count() or 1
         if backend == "auto" or precision == "auto":
-            return cls(model, choose_backend(model, backend, precision, threads, streams))
-        options = BackendOptions(threads=threads, precision=precision, streams=streams)
-        return cls(model, create_backend(backend, model, options))
+            backend, precision = choose_format(model, backend, precision, threads)  # type: ignore[assignment]
+        check_precision(backend, precision)
+        options = BackendOptions(threads=threads, precision=precision, streams=streams)  # type: ignore[arg-type]
+        return cls(model, backend, options)
 
     @property
     def metadata(self) -> ModelCard:
         """The model card parsed from the file."""
         return self.model.card
 
-    def predict_patches(self, x: np.ndarray) -> np.ndarray:
-        """``(B, C, *patch)`` float32 to ``(B, n_classes, *patch)`` float32 logits."""
+    @property
+    def precision(self) -> str:
+        return self.options.precision
+
+    @property
+    def label_output(self) -> str:
+        """The output labels are computed from: ``label_margins`` if present, else ``logits``."""
+        return MARGINS if self.model.has_margins else LOGITS
+
+    def compiled(self, output: str) -> Backend:
+        """The backend computing graph output ``output``, compiled on first use."""
+        with self._lock:
+            if output not in self._backends:
+                options = dataclasses.replace(self.options, output=output)
+                self._backends[output] = create_backend(self.backend_name, self.model, options)
+            return self._backends[output]
+
+    def predict_patches(self, x: np.ndarray, output: str = LOGITS) -> np.ndarray:
+        """``(B, C, *patch)`` float32 to ``(B, n_classes, *patch)`` float32 logits, or with
+        ``output="label_margins"`` to ``(B, n_classes - 1, *patch)`` margins over class 0."""
         card = self.metadata
         expected = (card.in_channels, *card.patch_size)
         if not isinstance(x, np.ndarray) or x.ndim != 5 or tuple(x.shape[1:]) != expected:
@@ -74,7 +107,9 @@ class Engine:
             raise InputError(f"expected a (B, {', '.join(map(str, expected))}) array, got {got}")
         if x.dtype != np.float32:
             raise InputError(f"expected float32 patches, got {x.dtype}; use x.astype(np.float32)")
-        return self.backend.infer(np.ascontiguousarray(x))
+        if output == MARGINS and not self.model.has_margins:
+            raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
+        return self.compiled(output).infer(np.ascontiguousarray(x))
 
     def predict_volume(
         self,
@@ -89,12 +124,18 @@ class Engine:
         """Sliding-window inference over a ``(C, X, Y, Z)`` float32 volume, as MONAI does.
 
         Returns class indices ``(X, Y, Z)`` (streamed, never full float logits), or
-        ``(n_classes, X, Y, Z)`` float32 probabilities or logits.
+        ``(n_classes, X, Y, Z)`` float32 probabilities or logits, or ``margins``: blended
+        ``(n_classes - 1, X, Y, Z)`` logit margins over class 0 (whose argmax, with class 0 at 0,
+        is the labels'), the cheapest input for resampling labels to another grid.
         """
         card = self.metadata
+        graph_output = self.label_output if output in ("labels", "margins") else LOGITS
+        if output == "margins" and graph_output != MARGINS:
+            raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
+        backend = self.compiled(graph_output)
         return sliding_window_predict(
             volume,
-            self.backend.infer,
+            backend.infer,
             card.patch_size,
             card.n_classes,
             overlap=overlap,
@@ -104,5 +145,6 @@ class Engine:
             output=output,
             progress=progress,
             in_channels=card.in_channels,
-            max_in_flight=self.backend.parallel_requests,
+            max_in_flight=backend.parallel_requests,
+            margins=graph_output == MARGINS,
         )

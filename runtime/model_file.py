@@ -18,7 +18,10 @@ from google.protobuf.message import DecodeError
 from veloxseg.runtime.card import CARD_KEY, ModelCard
 from veloxseg.runtime.errors import ModelFileError
 
-__all__ = ["ALLOWED_DOMAINS", "ModelFile", "open_model_file"]
+__all__ = ["ALLOWED_DOMAINS", "LOGITS", "MARGINS", "ModelFile", "open_model_file"]
+
+LOGITS = "logits"
+MARGINS = "label_margins"
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.veloxseg"})
 _MAX_PROTO_BYTES = 2**31 - 1
@@ -36,6 +39,12 @@ class ModelFile:
     @property
     def input_name(self) -> str:
         return self.proto.graph.input[0].name
+
+    @property
+    def has_margins(self) -> bool:
+        """Whether the file also outputs ``label_margins`` (logits of classes 1..K-1 minus class
+        0), the cheaper output for labels; files from older exporters have logits only."""
+        return any(o.name == MARGINS for o in self.proto.graph.output)
 
 
 def _read(path: Path) -> tuple[onnx.ModelProto, str]:
@@ -157,8 +166,12 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
 
 def _check_card_against_graph(card: ModelCard, proto: onnx.ModelProto) -> None:
     inputs, outputs = proto.graph.input, proto.graph.output
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelFileError("a VeloxSeg model has one input and one output")
+    names = [o.name for o in outputs]
+    if len(inputs) != 1 or names[:1] != [LOGITS] or names[1:] not in ([], [MARGINS]):
+        raise ModelFileError(
+            f"a VeloxSeg model has one input and the outputs {LOGITS!r} (and optionally "
+            f"{MARGINS!r}); this graph has {len(inputs)} input(s) and outputs {names}"
+        )
     image, logits = _dims(inputs[0]), _dims(outputs[0])
     expected_in = [card.in_channels, *card.patch_size]
     if len(image) != 5 or image[1:] != expected_in:
@@ -169,6 +182,11 @@ def _check_card_against_graph(card: ModelCard, proto: onnx.ModelProto) -> None:
     if len(logits) != 5 or logits[1] != card.n_classes:
         raise ModelFileError(
             f"model card lists {card.n_classes} classes but the graph outputs {logits}"
+        )
+    if len(outputs) == 2 and _dims(outputs[1])[1:] != [card.n_classes - 1, *card.patch_size]:
+        raise ModelFileError(
+            f"{MARGINS} should be (B, {card.n_classes - 1}, {card.patch_size}) for "
+            f"{card.n_classes} classes, but the graph outputs {_dims(outputs[1])}"
         )
 
 

@@ -110,7 +110,7 @@ class CaseWorker:
     def engine_format(self) -> tuple[str, str]:
         """The (backend, precision) that ``auto`` resolved to here."""
         assert self.engine is not None, "engine_format() on a worker whose engine failed to open"
-        return self.engine.backend.name, self.engine.backend.precision
+        return self.engine.backend_name, self.engine.precision
 
     def run(
         self, case: Case, output_dir: Path, options: SegmentOptions, overwrite: bool

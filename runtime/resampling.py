@@ -82,7 +82,7 @@ def resample_to_spacing(
 
 
 def resample_labels_via_probabilities(
-    scores: np.ndarray, shape: Sequence[int], *, order: int = 1
+    scores: np.ndarray, shape: Sequence[int], *, order: int = 1, margins: bool = False
 ) -> np.ndarray:
     """Class map (X, Y, Z) at ``shape`` from per-class ``scores`` (K, x, y, z), probabilities or
     logits: resample each class linearly, then take the argmax.
@@ -90,18 +90,21 @@ def resample_labels_via_probabilities(
     Classes are resampled one at a time into a running maximum and running argmax, so memory is
     two float32 volumes at the target grid (plus one byte mask), not K. Ties go to the lowest
     class, exactly as ``np.argmax``. Returns class indices 0..K-1 as uint8 (uint16 if K > 256).
+    With ``margins``, ``scores`` are (K-1, x, y, z) logits of classes 1..K-1 minus class 0's, and
+    class 0 scores 0 everywhere: linear resampling commutes with that difference.
     """
-    if scores.ndim != 4 or scores.shape[0] < 1:
+    if scores.ndim != 4 or scores.shape[0] < (0 if margins else 1):
         raise ValueError(f"expected (K, X, Y, Z) scores, got shape {scores.shape}")
     shape = tuple(int(n) for n in shape)
-    n_classes = scores.shape[0]
+    n_classes = scores.shape[0] + int(margins)
     labels = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.uint16)
-    best = np.empty(shape, dtype=np.float32)
+    best = np.zeros(shape, dtype=np.float32)
     current = np.empty(shape, dtype=np.float32)
     better = np.empty(shape, dtype=bool)
-    _zoom_into(scores[0], best, order)
+    if not margins:
+        _zoom_into(scores[0], best, order)
     for k in range(1, n_classes):
-        _zoom_into(scores[k], current, order)
+        _zoom_into(scores[k - int(margins)], current, order)
         np.greater(current, best, out=better)
         labels[better] = k
         np.maximum(best, current, out=best)

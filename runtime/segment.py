@@ -22,6 +22,7 @@ from nibabel.affines import voxel_sizes
 from veloxseg.runtime.card import ModelCard
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.model_file import MARGINS
 from veloxseg.runtime.nifti_io import (
     DEFAULT_MAX_VOXELS,
     ImageGeometry,
@@ -148,8 +149,10 @@ def _infer_labels(
         return np.argmax(probs, axis=0).astype(np.uint8), probs
     if not resampled:
         return engine.predict_volume(volume, output="labels", **kwargs), None
-    logits = engine.predict_volume(volume, output="logits", **kwargs)
-    return resample_labels_via_probabilities(logits, canonical_shape, order=1), None
+    margins = engine.label_output == MARGINS  # K-1 channels instead of K
+    scores = engine.predict_volume(volume, output="margins" if margins else "logits", **kwargs)
+    labels = resample_labels_via_probabilities(scores, canonical_shape, order=1, margins=margins)
+    return labels, None
 
 
 def segment_case(
@@ -230,8 +233,8 @@ def _sidecar(
         "spacing_mm": list(geometry.spacing),
         "labels": per_label,
         "timings_s": result.timings,
-        "backend": engine.backend.name,
-        "precision": engine.backend.precision,
+        "backend": engine.backend_name,
+        "precision": engine.precision,
         "model_sha256": engine.model.sha256,
         "model_config": card.config_name,
     }

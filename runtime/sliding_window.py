@@ -31,9 +31,10 @@ from veloxseg.runtime.tiling import (
 
 __all__ = ["Output", "PredictBatch", "sliding_window_predict"]
 
-Output = Literal["labels", "probabilities", "logits"]
+Output = Literal["labels", "probabilities", "logits", "margins"]
 PredictBatch = Callable[[np.ndarray], np.ndarray]
-"""Maps a ``(B, C, *patch)`` float32 batch to ``(B, n_classes, *patch)`` float32 logits."""
+"""Maps a ``(B, C, *patch)`` float32 batch to ``(B, n_classes, *patch)`` float32 logits (or
+``(B, n_classes - 1, *patch)`` margins over class 0)."""
 
 _MIRROR_AXES = tuple(
     axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r)
@@ -54,6 +55,7 @@ def sliding_window_predict(
     *,
     in_channels: int | None = None,
     max_in_flight: int = 2,
+    margins: bool = False,
 ) -> np.ndarray:
     """Segment a ``(C, X, Y, Z)`` float32 volume window by window.
 
@@ -62,14 +64,23 @@ def sliding_window_predict(
     ``tta`` averages the logits of all 8 axis flips. ``max_in_flight`` is how many
     ``predict_batch`` calls may run at once on worker threads; above 1 it must be thread-safe
     (an ONNX Runtime session is; an engine can also spread the calls over several infer requests).
+
+    With ``margins``, ``predict_batch`` returns logit margins over class 0 (``K - 1`` channels);
+    they give ``labels``, or blended ``(n_classes - 1, X, Y, Z)`` margins for ``output="margins"``.
     """
     _check_volume(volume, in_channels)
     _check_options(n_classes, batch_size, output, max_in_flight)
+    if output != "labels" and margins != (output == "margins"):
+        source = "margins" if margins else "logits"
+        raise ValueError(f"output={output!r} cannot be computed from {source}")
     plan = plan_tiles(volume.shape[1:], patch, overlap)
     weight = importance_map(plan.patch, blend)
-    accumulator_type = StreamingLabelAccumulator if output == "labels" else DenseAccumulator
-    accumulator = accumulator_type(plan, n_classes, weight)
-    infer = partial(_infer, predict_batch, (n_classes, *plan.patch), tta)
+    channels = n_classes - 1 if margins else n_classes
+    if output == "labels":
+        accumulator = StreamingLabelAccumulator(plan, n_classes, weight, margins=margins)
+    else:
+        accumulator = DenseAccumulator(plan, channels, weight)
+    infer = partial(_infer, predict_batch, (channels, *plan.patch), tta)
     batches = [plan.starts[i : i + batch_size] for i in range(0, len(plan.starts), batch_size)]
     pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="veloxseg-infer")
     pending: deque[tuple[Sequence[tuple[int, int, int]], Future[np.ndarray]]] = deque()
@@ -117,8 +128,10 @@ def _check_options(n_classes: int, batch_size: int, output: str, max_in_flight: 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-    if output not in ("labels", "probabilities", "logits"):
-        raise ValueError(f"output must be 'labels', 'probabilities' or 'logits', got {output!r}")
+    if output not in ("labels", "probabilities", "logits", "margins"):
+        raise ValueError(
+            f"output must be 'labels', 'probabilities', 'logits' or 'margins', got {output!r}"
+        )
 
 
 def _extract(
@@ -160,7 +173,7 @@ def _checked(logits: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
     if logits.shape != expected:
         raise ValueError(
             f"predict_batch returned shape {logits.shape}, expected {expected} "
-            "(batch, n_classes, *patch)"
+            "(batch, channels, *patch)"
         )
     return logits
 

@@ -178,13 +178,23 @@ class StreamingLabelAccumulator(_Accumulator):
     row ``r`` no later window touches rows ``< r``, so those are divided and argmaxed. Each voxel
     sees the same float32 operations in the same order as :class:`DenseAccumulator`, so the labels
     equal ``argmax(dense, axis=0)`` exactly. Labels are uint8, or uint16 beyond 256 classes.
+
+    With ``margins``, windows are ``(K - 1, *patch)`` logit margins over class 0 and the label is
+    0 unless some margin is positive. Only their weighted sums are kept (``K - 1`` rows of
+    buffers, a third of the logits' for two classes): dividing by the positive weight total
+    changes no sign and no argmax, so it is skipped.
     """
 
-    def __init__(self, plan: TilePlan, n_classes: int, weight: np.ndarray) -> None:
-        super().__init__(plan, n_classes, weight)
+    def __init__(
+        self, plan: TilePlan, n_classes: int, weight: np.ndarray, *, margins: bool = False
+    ) -> None:
+        if margins and n_classes < 2:
+            raise ValueError(f"label margins need at least 2 classes, got {n_classes}")
+        super().__init__(plan, n_classes - 1 if margins else n_classes, weight)
+        self._margins = margins
         rows = (plan.patch[0], *plan.padded_shape[1:])
-        self._sum = np.zeros((n_classes, *rows), dtype=np.float32)
-        self._count = np.zeros((1, *rows), dtype=np.float32)
+        self._sum = np.zeros((self.n_classes, *rows), dtype=np.float32)
+        self._count = np.zeros((0 if margins else 1, *rows), dtype=np.float32)
         self._base = 0  # padded axis-0 index of buffer row 0; rows below it are final
         self._labels = np.zeros(plan.shape, dtype=np.uint8 if n_classes <= 256 else np.uint16)
         self.peak_buffer_bytes = self._sum.nbytes + self._count.nbytes
@@ -200,7 +210,8 @@ class StreamingLabelAccumulator(_Accumulator):
         local = (start[0] - self._base, *start[1:])  # axis 0 relative to the buffer
         region = (slice(None), *_window(local, self.plan.patch))
         self._sum[region] += self._weighted(logits)
-        self._count[region] += self._weight
+        if not self._margins:
+            self._count[region] += self._weight
 
     def finalize(self) -> np.ndarray:
         """Labels ``(X, Y, Z)`` of the original shape, uint8 or uint16 (call once)."""
@@ -231,6 +242,13 @@ class StreamingLabelAccumulator(_Accumulator):
             stop = min(start + _EMIT_ROWS, hi)
             region = (slice(None), slice(start, stop), *self.plan.crop[1:])
             block = self._sum[region]
-            np.divide(block, self._count[region], out=block)
             first = self._base + start - before
-            self._labels[first : first + stop - start] = block.argmax(axis=0)
+            out = self._labels[first : first + stop - start]
+            if not self._margins:
+                np.divide(block, self._count[region], out=block)
+                out[...] = block.argmax(axis=0)
+            elif len(block) == 1:
+                np.greater(block[0], 0, out=out, casting="unsafe")
+            else:
+                best = block.argmax(axis=0)
+                out[...] = np.where(np.take_along_axis(block, best[None], 0)[0] > 0, best + 1, 0)

@@ -20,7 +20,7 @@ def test_auto_calibrates_once_then_uses_the_cache(exported, cache, monkeypatch):
     first = Engine.open(exported("autopetii"), threads=2)
     entries = json.loads(cache.read_text())
     (entry,) = entries.values()
-    assert entry["auto/auto"] == [first.backend.name, first.backend.precision]
+    assert entry["auto/auto"] == [first.backend_name, first.precision]
     assert {r["backend"] for r in entry["calibration"]} >= {"openvino", "onnxruntime"}
 
     def no_calibration(*_):
@@ -28,18 +28,18 @@ def test_auto_calibrates_once_then_uses_the_cache(exported, cache, monkeypatch):
 
     monkeypatch.setattr(autoselect, "_calibration_patch", no_calibration)
     second = Engine.open(exported("autopetii"), threads=2)
-    assert (second.backend.name, second.backend.precision) == tuple(entry["auto/auto"])
+    assert (second.backend_name, second.precision) == tuple(entry["auto/auto"])
 
 
 def test_reduced_precision_below_agreement_bound_is_never_chosen(exported, cache, monkeypatch):
     monkeypatch.setattr(autoselect, "MIN_AGREEMENT", 1.01)  # no bf16 result can qualify
     engine = Engine.open(exported("autopetii"), threads=2)
-    assert engine.backend.precision == "fp32"
+    assert engine.precision == "fp32"
 
 
 def test_auto_precision_with_fixed_backend_stays_on_that_backend(exported, cache):
     engine = Engine.open(exported("autopetii"), backend="onnxruntime", precision="auto", threads=2)
-    assert (engine.backend.name, engine.backend.precision) == ("onnxruntime", "fp32")
+    assert (engine.backend_name, engine.precision) == ("onnxruntime", "fp32")
 
 
 def test_unknown_backend_name_raises_value_error(exported):

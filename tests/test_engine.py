@@ -63,3 +63,45 @@ def test_predict_patches_checks_shape_and_dtype(exported, backend):
 def test_onnxruntime_backend_refuses_bf16(exported):
     with pytest.raises(ValueError, match="fp32 only"):
         Engine.open(exported("autopetii"), backend="onnxruntime", precision="bf16")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_label_margins_are_logit_differences_over_class_0(exported, backend):
+    engine = Engine.open(exported("brats2021"), backend=backend, precision="fp32", threads=2)
+    assert engine.label_output == "label_margins"
+    card = engine.metadata
+    shape = (1, card.in_channels, *card.patch_size)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    logits = engine.predict_patches(x)
+    margins = engine.predict_patches(x, "label_margins")
+    assert margins.shape == (1, card.n_classes - 1, *card.patch_size)
+    # The margin head's weight is the difference of the logits head's class blocks: only float32
+    # summation order separates the two (observed ~1e-5); a wrong channel block is off by > 1.
+    np.testing.assert_allclose(margins, logits[:, 1:] - logits[:, :1], atol=1e-3)
+
+
+def test_volume_labels_from_margins_equal_argmax_of_blended_logits():
+    from veloxseg.assets import bundled_model, sample_case
+    from veloxseg.runtime.nifti_io import load_case
+    from veloxseg.runtime.segment import to_model_grid
+
+    engine = Engine.open(bundled_model(), backend="openvino", precision="fp32", threads=2)
+    data, geometry = load_case(sample_case()[0], 2)
+    volume, _ = to_model_grid(data, geometry.affine, engine.metadata)
+    labels = engine.predict_volume(volume, output="labels")
+    logits = engine.predict_volume(volume, output="logits")
+    margin = logits[1] - logits[0]
+    decided = np.abs(margin) > 1e-3
+    assert decided.mean() > 0.999 and labels[decided].any()
+    np.testing.assert_array_equal(labels[decided], (margin > 0)[decided])
+
+
+def test_model_whose_second_output_is_not_label_margins_is_refused(exported, tmp_path):
+    proto = onnx.load(exported("autopetii"))
+    proto.graph.output[1].name = "extra"
+    for node in proto.graph.node:
+        node.output[:] = ["extra" if o == "label_margins" else o for o in node.output]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(ModelFileError, match=r"outputs 'logits'.*'label_margins'"):
+        Engine.open(path)

@@ -86,3 +86,12 @@ def test_many_classes_use_uint16() -> None:
     labels = resample_labels_via_probabilities(scores, (3, 3, 3))
     assert labels.dtype == np.uint16
     np.testing.assert_array_equal(labels, np.argmax(resample_to_shape(scores, (3, 3, 3)), axis=0))
+
+
+@pytest.mark.parametrize("target", [(13, 5, 11), (3, 16, 4)])
+def test_labels_from_resampled_margins_equal_those_from_logits(target) -> None:
+    logits = image((4, 7, 8, 9), seed=5)
+    from_logits = resample_labels_via_probabilities(logits, target)
+    from_margins = resample_labels_via_probabilities(logits[1:] - logits[:1], target, margins=True)
+    np.testing.assert_array_equal(from_margins, from_logits)
+    assert len(np.unique(from_logits)) > 1

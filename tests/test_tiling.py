@@ -230,3 +230,58 @@ def test_errors_say_what_was_expected(volume, kwargs, message) -> None:
 def test_input_errors_are_input_errors() -> None:
     with pytest.raises(InputError):
         sliding_window_predict(np.zeros((1, 8, 8, 8), np.float16), times_two, (8, 8, 8), 3)
+
+
+def _margins_of(predict):  # type: ignore[no-untyped-def]
+    """A predictor of logit margins over class 0 from one of logits."""
+    return lambda batch: (lambda logits: logits[:, 1:] - logits[:, :1])(predict(batch))
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+@pytest.mark.parametrize("n_classes", [2, N_CLASSES])
+def test_labels_from_margins_equal_argmax_of_blended_logits(blend, n_classes) -> None:
+    volume = make_volume((2, 37, 50, 29), seed=4)
+    kwargs = {"overlap": 0.5, "blend": blend, "batch_size": 2}
+
+    def predict(batch):  # type: ignore[no-untyped-def]
+        return ramp(batch)[:, :n_classes]
+
+    logits = sliding_window_predict(
+        volume, predict, (16, 16, 16), n_classes, output="logits", **kwargs
+    )
+    labels = sliding_window_predict(
+        volume,
+        _margins_of(predict),
+        (16, 16, 16),
+        n_classes,
+        output="labels",
+        margins=True,
+        **kwargs,
+    )
+    expected = np.argmax(logits, axis=0)
+    top2 = np.sort(logits, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 1e-4  # float32 sums of differences may flip exact near-ties
+    assert len(np.unique(expected)) > 1 and decided.mean() > 0.99
+    np.testing.assert_array_equal(labels[decided], expected[decided])
+
+
+def test_margin_labels_keep_one_channel_of_buffers_for_two_classes() -> None:
+    plan = plan_tiles((160, 24, 20), (16, 16, 16), 0.5)
+    weight = importance_map(plan.patch, "constant")
+    logits = StreamingLabelAccumulator(plan, 2, weight)
+    margins = StreamingLabelAccumulator(plan, 2, weight, margins=True)
+    assert margins.peak_buffer_bytes * 3 == logits.peak_buffer_bytes
+
+
+def test_margins_output_is_blended_margins() -> None:
+    volume = make_volume((2, 30, 20, 18), seed=6)
+    kwargs = {"overlap": 0.25, "blend": "gaussian"}
+    logits = sliding_window_predict(
+        volume, ramp, (16, 16, 16), N_CLASSES, output="logits", **kwargs
+    )
+    margins = sliding_window_predict(
+        volume, _margins_of(ramp), (16, 16, 16), N_CLASSES, output="margins", margins=True, **kwargs
+    )
+    np.testing.assert_allclose(margins, logits[1:] - logits[:1], atol=1e-4)
+    with pytest.raises(ValueError, match="cannot be computed from margins"):
+        sliding_window_predict(volume, ramp, (16, 16, 16), N_CLASSES, output="logits", margins=True)

@@ -7,9 +7,26 @@ from __future__ import annotations
 
 from veloxseg.runtime.backends.base import Backend, BackendOptions
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "available_backends", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendOptions",
+    "available_backends",
+    "check_precision",
+    "create_backend",
+]
 
 BACKENDS = ("openvino", "onnxruntime")
+_PRECISIONS = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """Raise ``ValueError`` if ``backend`` cannot run ``precision``, saying what can."""
+    if precision not in _PRECISIONS[backend]:
+        raise ValueError(
+            f"the {backend} backend runs {' or '.join(_PRECISIONS[backend])} only, got precision "
+            f"{precision!r}; use --backend openvino for bf16"
+        )
 
 
 def available_backends() -> list[str]:
@@ -22,6 +39,8 @@ def available_backends() -> list[str]:
 
 def create_backend(name: str, model, options: BackendOptions) -> Backend:  # type: ignore[no-untyped-def]
     """Instantiate backend ``name`` (``openvino`` or ``onnxruntime``) for a validated model."""
+    if name in _PRECISIONS:
+        check_precision(name, options.precision)
     if name == "openvino":
         from veloxseg.runtime.backends.openvino_backend import OpenVINOBackend
 

@@ -37,7 +37,11 @@ class OpenVINOBackend:
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = options.threads
         try:
-            compiled = core.compile_model(core.read_model(str(model.path)), "CPU", config)
+            graph = core.read_model(str(model.path))
+            for result in list(graph.get_results()):  # dropping a Result drops its branch
+                if result.input_value(0).get_names().isdisjoint({options.output}):
+                    graph.remove_result(result)
+            compiled = core.compile_model(graph, "CPU", config)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"openvino cannot load {model.path}: {first}") from e
