@@ -13,12 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from veloxseg.runtime.card import CARD_KEY, ModelCard
 from veloxseg.runtime.errors import ModelFileError
 
-__all__ = ["ALLOWED_DOMAINS", "LOGITS", "MARGINS", "ModelFile", "open_model_file"]
+__all__ = [
+    "ALLOWED_DOMAINS",
+    "LOGITS",
+    "MARGINS",
+    "ModelFile",
+    "graph_for_output",
+    "open_model_file",
+]
 
 LOGITS = "logits"
 MARGINS = "label_margins"
@@ -45,6 +53,34 @@ class ModelFile:
         """Whether the file also outputs ``label_margins`` (logits of classes 1..K-1 minus class
         0), the cheaper output for labels; files from older exporters have logits only."""
         return any(o.name == MARGINS for o in self.proto.graph.output)
+
+
+def graph_for_output(model: ModelFile, output: str) -> onnx.ModelProto:
+    """A copy of ``model`` that computes only graph output ``output``, external data loaded.
+
+    ONNX Runtime runs every node of a session whichever outputs a call asks for, so the unused
+    head would cost a full-resolution conv and transpose per patch.
+    """
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    graph = proto.graph
+    needed, kept = {output}, []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            for sub in _subgraphs(node):  # outer-scope names a subgraph reads
+                needed.update(name for n in sub.node for name in n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    outputs = [o for o in graph.output if o.name == output]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    onnx.external_data_helper.load_external_data_for_model(proto, str(model.path.parent))
+    return proto
 
 
 def _read(path: Path) -> tuple[onnx.ModelProto, str]:

@@ -105,3 +105,17 @@ def test_model_whose_second_output_is_not_label_margins_is_refused(exported, tmp
     onnx.save(proto, path)
     with pytest.raises(ModelFileError, match=r"outputs 'logits'.*'label_margins'"):
         Engine.open(path)
+
+
+def test_graph_for_one_output_keeps_only_the_nodes_it_needs(exported):
+    from veloxseg.runtime.model_file import graph_for_output, open_model_file
+
+    model = open_model_file(exported("autopetii"))
+    logits = graph_for_output(model, "logits")
+    margins = graph_for_output(model, "label_margins")
+    assert [o.name for o in logits.graph.output] == ["logits"]
+    assert [o.name for o in margins.graph.output] == ["label_margins"]
+    total = len(model.proto.graph.node)
+    assert len(logits.graph.node) < total and len(margins.graph.node) < total
+    onnx.checker.check_model(logits)
+    onnx.checker.check_model(margins)

@@ -6,7 +6,7 @@ import numpy as np
 
 from veloxseg.runtime.backends.base import BackendOptions
 from veloxseg.runtime.errors import ModelFileError
-from veloxseg.runtime.model_file import ModelFile
+from veloxseg.runtime.model_file import ModelFile, graph_for_output
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -26,14 +26,17 @@ class OnnxRuntimeBackend:
         if options.threads:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
+        source: str | bytes = str(model.path)
+        if len(model.proto.graph.output) > 1:
+            source = graph_for_output(model, options.output).SerializeToString()
         try:
             self._session = ort.InferenceSession(
-                str(model.path), sess_options=so, providers=["CPUExecutionProvider"]
+                source, sess_options=so, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own exception types for bad graphs
             raise ModelFileError(f"onnxruntime cannot load {model.path}: {e}") from e
         self._input = model.input_name
-        self._outputs = [options.output]  # ORT runs only the nodes this output needs
+        self._outputs = [options.output]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(self._outputs, {self._input: batch})[0]
