@@ -22,7 +22,7 @@ import torch
 
 from veloxseg import __version__
 from veloxseg.export.card_defaults import default_card_fields
-from veloxseg.export.inference_graph import export_forward, output_names
+from veloxseg.export.inference_graph import export_forward, output_names, patch_merging_forward
 from veloxseg.export.pwa_op import (
     DOMAIN,
     DOMAIN_VERSION,
@@ -32,6 +32,7 @@ from veloxseg.export.pwa_op import (
     scheme_key,
 )
 from veloxseg.model import VeloxSeg, load_checkpoint, resolve_config, seeded_state_dict
+from veloxseg.model.layers import PatchMerging
 from veloxseg.model.pwa import PairedWindowAttention
 from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
 
@@ -115,9 +116,13 @@ def _custom_core(
 
 def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
     """A copy whose PWA cores emit custom nodes, with each tiled bias as a constant buffer, and
-    whose forward is :func:`export_forward` (merged embeddings, label margins)."""
+    whose forward is :func:`export_forward` (merged embeddings, label margins) with patch
+    merging as a strided convolution."""
     model = copy.deepcopy(model).eval()
     model.forward = types.MethodType(export_forward, model)
+    for module in model.modules():
+        if isinstance(module, PatchMerging):
+            module.forward = types.MethodType(patch_merging_forward, module)
     schemes: dict[str, tuple] = {}
     size = [s // model.patch_size for s in model.config["input_size"]]
     levels = model.encoder.encoder_attn.layers
