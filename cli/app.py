@@ -338,7 +338,10 @@ def bench(
     ] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated formats (default: all).")] = "all",
     threads: Annotated[int, typer.Option(help="Threads for every engine and for PyTorch.")] = 2,
-    iterations: Annotated[int, typer.Option(help="Timed patches per format.")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed patches per format per round.")] = 10,
+    rounds: Annotated[
+        int, typer.Option(help="Round-robin rounds over the formats (ratios: median of rounds).")
+    ] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart PNG.")] = None,
 ) -> None:
@@ -357,12 +360,14 @@ def bench(
 
         model = bundled_model()
     formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
-    results = bench_patches(model, [f for f in formats if f], threads, iterations)
+    if iterations < 1 or rounds < 1:
+        raise typer.BadParameter("--iterations and --rounds must be at least 1")
+    results = bench_patches(model, [f for f in formats if f], threads, iterations, rounds=rounds)
     console = Console()
     if not console.is_terminal:  # logs and pipes: never truncate the table's columns
         console = Console(width=200)
     print_results(console, results, threads)
-    meta = {"model": str(model), "threads": threads, "iterations": iterations}
+    meta = {"model": str(model), "threads": threads, "iterations": iterations, "rounds": rounds}
     if json_out:
         write_json(json_out, results, meta)
     if plot:

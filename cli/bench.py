@@ -17,14 +17,15 @@ from veloxseg.runtime.benchmark import (
     FormatResult,
     compare_logits,
     compare_margins,
+    engine_subject,
     file_size_mb,
-    measure_engine,
-    run_isolated,
+    time_interleaved,
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
 
 __all__ = ["FORMATS", "bench_patches", "cpu_description", "results_table"]
 
+EAGER = "pytorch-eager-fp32"
 FORMATS = {  # name: (backend, precision, streams, output); streams 0 = OpenVINO's choice
     "openvino-fp32": ("openvino", "fp32", 1, LOGITS),
     "openvino-bf16": ("openvino", "bf16", 1, LOGITS),
@@ -74,65 +75,69 @@ def sample_patches(model: Path, count: int) -> np.ndarray:
 
 
 def bench_patches(
-    model: Path, formats: list[str], threads: int, iterations: int, patches: int = 2
+    model: Path,
+    formats: list[str],
+    threads: int,
+    iterations: int,
+    patches: int = 2,
+    rounds: int = 3,
 ) -> list[FormatResult]:
-    """One row per format plus PyTorch eager (when torch is installed), each in its own process.
+    """One row per format plus PyTorch eager (when torch is installed), each in its own process,
+    timed round-robin (``rounds`` x ``iterations`` patches each); × eager is the median over
+    rounds of the ratio within a round.
 
     ``-labels`` formats time the label-margins output; their max |Δ| is against the reference's
     logit margins over class 0, and their agreement is that of the labels.
     """
     x = sample_patches(model, patches)
     has_margins = open_model_file(model).has_margins
-    size = file_size_mb(model)
-    results: list[FormatResult] = []
-    reference = None
-    eager_ms = None
+    subjects: dict[str, tuple] = {}
+    skipped: dict[str, str] = {}
     if importlib.util.find_spec("torch") is not None:
-        from veloxseg.export.torch_reference import measure_eager
+        from veloxseg.export.torch_reference import eager_subject
 
-        stats, reference = run_isolated(measure_eager, str(model), threads, x, iterations)
-        eager_ms = stats["ms_median"]
-        results.append(
-            FormatResult(
-                "pytorch-eager-fp32",
-                size_mb=size,
-                max_abs_diff=0.0,
-                agreement=1.0,
-                speedup_vs_eager=1.0,
-                **stats,
-            )
-        )
+        subjects[EAGER] = (eager_subject, (str(model), threads, x))
     for name in formats:
         if name not in FORMATS:
             raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
         backend, precision, streams, output = FORMATS[name]
         if output == MARGINS and not has_margins:
-            results.append(FormatResult(name, status="skipped: no label_margins output"))
+            skipped[name] = "skipped: no label_margins output"
             continue
-        try:
-            stats, outputs = run_isolated(
-                measure_engine, str(model), backend, precision, threads, x, iterations, streams,
-                output,
-            )  # fmt: skip
-        except Exception as e:  # a format that fails on this machine is reported, not fatal
-            results.append(FormatResult(name, status=f"failed: {str(e).splitlines()[0][:60]}"))
+        args = (str(model), backend, precision, threads, x, streams, output)
+        subjects[name] = (engine_subject, args)
+    timed = time_interleaved(subjects, rounds, iterations)
+    eager = timed.get(EAGER)
+    reference = eager[0] if isinstance(eager, tuple) else None
+    if reference is None:  # no torch: the first logits format is the reference
+        reference = next(
+            (t[0] for n, t in timed.items() if isinstance(t, tuple) and FORMATS[n][3] == LOGITS),
+            None,
+        )
+    results = []
+    for name in [EAGER, *formats]:
+        outcome = timed.get(name, skipped.get(name))
+        if outcome is None:
             continue
-        if reference is None and output == LOGITS:
-            reference = outputs  # no torch: the first logits format is the reference
-        if reference is None:
-            results.append(FormatResult(name, status="skipped: no logits reference"))
+        if isinstance(outcome, str):
+            results.append(FormatResult(name, status=outcome))
             continue
+        outputs, timing = outcome
+        output = LOGITS if name == EAGER else FORMATS[name][3]
         compare = compare_margins if output == MARGINS else compare_logits
         diff, agreement = compare(outputs, reference)
-        speedup = eager_ms / stats["ms_median"] if eager_ms else None
+        speedup = None
+        if isinstance(eager, tuple):
+            ratios = np.divide(eager[1].round_ms, timing.round_ms)
+            speedup = float(np.median(ratios))
         results.append(
             FormatResult(
                 name,
-                size_mb=size,
+                size_mb=file_size_mb(model),
                 max_abs_diff=diff,
                 agreement=agreement,
                 speedup_vs_eager=speedup,
-                **stats,
+                **timing.stats(),
             )
         )
     return results

@@ -14,9 +14,10 @@ import torch
 from onnx import numpy_helper
 
 from veloxseg.model import VeloxSeg
+from veloxseg.runtime.benchmark import Subject
 from veloxseg.runtime.model_file import open_model_file
 
-__all__ = ["measure_eager", "torch_model_from_onnx"]
+__all__ = ["eager_subject", "torch_model_from_onnx"]
 
 _BIAS_SUFFIX = ".export_bias"
 
@@ -44,17 +45,17 @@ def torch_model_from_onnx(path: str | Path) -> VeloxSeg:
     return model
 
 
-def measure_eager(
-    path: str, threads: int, x: np.ndarray, iterations: int
-) -> tuple[dict[str, float], np.ndarray]:
-    """Upstream-equivalent PyTorch eager on ``threads`` threads: per-patch timing and logits."""
-    from veloxseg.runtime.benchmark import peak_rss_mb, summarise, time_calls
-
+def eager_subject(path: str, threads: int, x: np.ndarray) -> Subject:
+    """Upstream-equivalent PyTorch eager on ``threads`` threads, for timing: its logits on ``x``
+    and a one-patch call."""
     torch.set_num_threads(threads)
     model = torch_model_from_onnx(path)
     with torch.inference_mode():
         logits = model(torch.from_numpy(x)).numpy()
-        single = torch.from_numpy(x[:1])
-        stats = summarise(time_calls(lambda: model(single), iterations), 1)
-    stats["peak_rss_mb"] = peak_rss_mb()
-    return stats, logits
+    single = torch.from_numpy(x[:1])
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(single)
+
+    return Subject(logits, call)

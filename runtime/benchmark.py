@@ -10,7 +10,10 @@ import multiprocessing
 import resource
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,14 @@ import numpy as np
 
 __all__ = [
     "FormatResult",
+    "Subject",
+    "Timing",
     "compare_logits",
     "compare_margins",
-    "measure_engine",
+    "engine_subject",
     "run_isolated",
     "time_calls",
+    "time_interleaved",
 ]
 
 
@@ -62,65 +68,135 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def summarise(times: list[float], batch: int) -> dict[str, float]:
-    """Median and p90 ms per patch, and patches/s, from per-call times of ``batch`` patches."""
-    per_patch = np.asarray(times) * 1000 / batch
-    return {
-        "ms_median": float(np.median(per_patch)),
-        "ms_p90": float(np.percentile(per_patch, 90)),
-        "patches_per_s": float(1000 / np.median(per_patch)),
-    }
+@dataclass
+class Subject:
+    """What a timing worker serves: its outputs on the bench patches, and a one-patch call of
+    which ``lanes`` may run at once (OpenVINO throughput streams; 1 otherwise)."""
+
+    outputs: np.ndarray
+    call: Callable[[], object]
+    lanes: int = 1
 
 
-def measure_engine(
+def engine_subject(
     path: str,
     backend: str,
     precision: str,
     threads: int,
     x: np.ndarray,
-    iterations: int,
     streams: int = 1,
     output: str = "logits",
-) -> tuple[dict[str, float], np.ndarray]:
-    """Time ``predict_patches`` of graph output ``output`` on ``x`` one patch per call; returns
-    stats and that output.
-
-    With ``streams`` != 1, as many calls run at once as the engine has parallel requests (as in
-    a whole volume): patches/s is then throughput, and ms/patch its inverse; p90 is per call.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+) -> Subject:
+    """Graph output ``output`` of an engine; outputs computed one patch per call, as sliding
+    windows run (OpenVINO's batch-2 kernels round differently: 1.0e-3 vs 4e-4 max |Δlogit|)."""
     from veloxseg.runtime.engine import Engine
 
     engine = Engine.open(
         path, backend=backend, precision=precision, threads=threads, streams=streams
     )  # type: ignore[arg-type]
-    # one patch per call, as sliding-window inference runs (OpenVINO's batch-2 kernels round
-    # differently: 1.0e-3 vs 4e-4 max |Δlogit| on the bundled sample)
-    result = np.concatenate([engine.predict_patches(x[i : i + 1], output) for i in range(len(x))])
+    outputs = np.concatenate([engine.predict_patches(x[i : i + 1], output) for i in range(len(x))])
     single = x[:1]
     lanes = engine.compiled(output).parallel_requests
-    if lanes == 1:
-        stats = summarise(time_calls(lambda: engine.predict_patches(single, output), iterations), 1)
-    else:
-        per_lane = max(1, iterations // lanes)
+    return Subject(outputs, lambda: engine.predict_patches(single, output), lanes)
 
-        def lane(count: int) -> list[float]:
-            return time_calls(lambda: engine.predict_patches(single, output), count, warmup=0)
 
-        with ThreadPoolExecutor(lanes) as pool:
-            list(pool.map(lane, [1] * lanes))  # warm every request
-            start = time.perf_counter()
-            runs = list(pool.map(lane, [per_lane] * lanes))
-            wall = time.perf_counter() - start
-        rate = lanes * per_lane / wall
-        stats = {
-            "ms_median": 1000 / rate,
-            "ms_p90": float(np.percentile(np.concatenate(runs) * 1000, 90)),
-            "patches_per_s": rate,
+@dataclass
+class Timing:
+    """One subject's timed rounds: per round the wall seconds and patches, and every call's
+    seconds; ``peak_rss_mb`` of its process."""
+
+    walls: list[float]
+    patches: list[int]
+    calls: list[float]
+    peak_rss_mb: float
+
+    @property
+    def round_ms(self) -> list[float]:
+        return [1000 * w / n for w, n in zip(self.walls, self.patches, strict=True)]
+
+    def stats(self) -> dict[str, float]:
+        """ms/patch (median over rounds of each round's wall time per patch, so throughput
+        lanes count), p90 of single calls, and patches/s."""
+        ms = float(np.median(self.round_ms))
+        return {
+            "ms_median": ms,
+            "ms_p90": 1000 * float(np.percentile(self.calls, 90)),
+            "patches_per_s": 1000 / ms,
+            "peak_rss_mb": self.peak_rss_mb,
         }
-    stats["peak_rss_mb"] = peak_rss_mb()
-    return stats, result
+
+
+def _time_round(
+    subject: Subject, pool: ThreadPoolExecutor | None, iterations: int
+) -> tuple[float, int, list[float]]:
+    per_lane = max(1, iterations // subject.lanes)
+    start = time.perf_counter()
+    if pool is None:
+        calls = time_calls(subject.call, per_lane, warmup=0)
+    else:
+        runs = pool.map(lambda n: time_calls(subject.call, n, warmup=0), [per_lane] * subject.lanes)
+        calls = [t for run in runs for t in run]
+    return time.perf_counter() - start, len(calls), calls
+
+
+def _serve(conn: Connection, make: Callable[..., Subject], args: tuple) -> None:
+    """Worker process: build the subject, send its outputs, then time a round per request."""
+    try:
+        subject = make(*args)
+        pool = ThreadPoolExecutor(subject.lanes) if subject.lanes > 1 else None
+        _time_round(subject, pool, 2 * subject.lanes)  # warm every request
+        conn.send(("ready", subject.outputs))
+        while (iterations := conn.recv()) is not None:
+            conn.send(_time_round(subject, pool, iterations))
+        conn.send(peak_rss_mb())
+    except Exception as e:  # reported as this subject's status, never fatal to the others
+        conn.send(("failed", str(e).strip().splitlines()[0][:80] if str(e).strip() else repr(e)))
+
+
+def time_interleaved(
+    subjects: dict[str, tuple[Callable[..., Subject], tuple]], rounds: int, iterations: int
+) -> dict[str, tuple[np.ndarray, Timing] | str]:
+    """Time every subject in its own process, round-robin: round r of each runs before round
+    r+1 of any, so a shared machine's drifting load hits all of them alike and ratios within a
+    round compare like with like. Returns per subject ``(outputs, timing)``, or the reason it
+    failed."""
+    context = multiprocessing.get_context("spawn")
+    workers: dict[str, tuple[BaseProcess, Connection]] = {}
+    for name, (make, args) in subjects.items():  # all load at once; timing waits for all
+        parent, child = context.Pipe()
+        process = context.Process(target=_serve, args=(child, make, args), daemon=True)
+        process.start()
+        workers[name] = (process, parent)
+    results: dict[str, tuple[np.ndarray, Timing] | str] = {}
+    ready: dict[str, np.ndarray] = {}
+    for name, (_, conn) in workers.items():
+        message = conn.recv()
+        if message[0] == "ready":
+            ready[name] = message[1]
+        else:
+            results[name] = f"failed: {message[1]}"
+    rounds_done: dict[str, list[tuple[float, int, list[float]]]] = {n: [] for n in ready}
+    for _ in range(rounds):
+        for name in list(ready):
+            conn = workers[name][1]
+            conn.send(iterations)
+            reply = conn.recv()
+            if reply[0] == "failed":
+                results[name] = f"failed: {reply[1]}"
+                del ready[name]
+            else:
+                rounds_done[name].append(reply)
+            time.sleep(0.05)  # let the last subject's spinning threads go idle
+    for name, outputs in ready.items():
+        conn = workers[name][1]
+        conn.send(None)
+        walls, patches, calls = zip(*rounds_done[name], strict=True)
+        timing = Timing(list(walls), list(patches), [t for c in calls for t in c], conn.recv())
+        results[name] = (outputs, timing)
+    for process, conn in workers.values():
+        conn.close()
+        process.join(timeout=30)
+    return results
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:

@@ -26,3 +26,25 @@ def test_bench_reports_each_format_against_eager(tmp_path):
         assert rows[name]["max_abs_diff"] < 1e-2  # fp32 formats track eager of the same weights
         assert rows[name]["agreement"] > 0.999
         assert rows[name]["patches_per_s"] > 0 and rows[name]["speedup_vs_eager"] > 0
+
+
+@pytest.mark.slow
+def test_a_failing_format_is_reported_while_the_others_are_timed(tmp_path):
+    import numpy as np
+
+    from veloxseg.assets import bundled_model
+    from veloxseg.runtime.benchmark import engine_subject, time_interleaved
+
+    x = np.zeros((1, 2, 96, 96, 96), np.float32)
+    subjects = {
+        "missing": (engine_subject, (str(tmp_path / "none.onnx"), "openvino", "fp32", 1, x)),
+        "ok": (engine_subject, (str(bundled_model()), "onnxruntime", "fp32", 1, x)),
+    }
+    results = time_interleaved(subjects, rounds=2, iterations=1)
+    assert (
+        results["missing"].startswith("failed: model file")
+        and "does not exist" in results["missing"]
+    )
+    outputs, timing = results["ok"]
+    assert outputs.shape == (1, 2, 96, 96, 96)
+    assert len(timing.round_ms) == 2 and timing.peak_rss_mb > 0
