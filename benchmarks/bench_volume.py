@@ -6,7 +6,10 @@ upstream-equivalent PyTorch eager, then argmax. Ours: ``Engine.predict_volume(ou
 same threads; each runs in its own process so that peak RSS is its own. Also reports patches/s
 inside a volume against isolated patches, and the peak RSS above the input array.
 
-Usage: python benchmarks/bench_volume.py [--large-shape 400 400 326] [--threads 2]
+Each side runs ``--repeats`` times, alternating; seconds are medians, the speed-up is the median
+of the per-pair ratios, and peak RSS the largest of the runs.
+
+Usage: python benchmarks/bench_volume.py [--large-shape 400 400 326] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -118,23 +121,34 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--cases", default="sample,large")
     parser.add_argument("--streams", type=int, default=0, help="0: OpenVINO chooses (as the CLI)")
+    parser.add_argument("--repeats", type=int, default=3, help="ours/upstream pairs, alternated")
     args = parser.parse_args()
     shape = tuple(args.large_shape)
     rows = []
     folder = Path(tempfile.mkdtemp(prefix="veloxseg_volume_bench_"))
     for kind in args.cases.split(","):
         path = run_isolated(prepare_volume, kind, shape, folder)
-        ours = run_isolated(
-            run_ours, path, args.threads, args.overlap, args.backend, args.precision, args.streams
-        )
-        upstream = run_isolated(run_upstream, path, args.threads, args.overlap)
+        pairs = []
+        for _ in range(args.repeats):  # alternate the sides: drifting load hits both alike
+            ours = run_isolated(run_ours, path, args.threads, args.overlap, args.backend,
+                                args.precision, args.streams)  # fmt: skip
+            upstream = run_isolated(run_upstream, path, args.threads, args.overlap)
+            pairs.append((ours, upstream))
         path.unlink()
+        ours, upstream = pairs[0]
         agree = float((ours.pop("labels") == upstream.pop("labels")).mean())
+        for side, index in (("ours", 0), ("upstream", 1)):
+            runs = [pair[index] for pair in pairs]
+            merged = ours if side == "ours" else upstream
+            merged["seconds"] = float(np.median([r["seconds"] for r in runs]))
+            merged["seconds_runs"] = [r["seconds"] for r in runs]
+            merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+        ours["patches_per_s"] = ours["windows"] / ours["seconds"]
         row = {
             "case": kind,
             "ours": ours,
             "upstream": upstream,
-            "speedup": upstream["seconds"] / ours["seconds"],
+            "speedup": float(np.median([u["seconds"] / o["seconds"] for o, u in pairs])),
             "rss_ratio": ours["peak_rss_mb"] / upstream["peak_rss_mb"],
             "label_agreement": agree,
         }

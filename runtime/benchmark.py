@@ -64,8 +64,19 @@ def time_calls(fn: Callable[[], object], iterations: int, warmup: int = 2) -> li
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size in MB.
+
+    Linux's ``VmHWM`` where there is one: ``ru_maxrss`` survives ``exec``, so a spawned worker
+    would report its parent's size at the fork whenever that was larger than its own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass
