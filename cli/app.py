@@ -68,14 +68,17 @@ Precision = Annotated[str, typer.Option(help="auto, fp32 or bf16 (bf16: OpenVINO
 
 def _open_engine(model: Path | None, backend: str, precision: str, threads: int | None):  # type: ignore[no-untyped-def]
     """The engine for whole volumes: OpenVINO in throughput mode (streams=0 lets it choose),
-    since a scan is many windows and single-window latency does not matter."""
+    since a scan is many windows and single-window latency does not matter. The labels output is
+    compiled here, so a model the runtime cannot load fails before any case starts."""
     from veloxseg.runtime import Engine
 
     if model is None:
         from veloxseg.assets import bundled_model
 
         model = bundled_model()
-    return Engine.open(model, backend=backend, precision=precision, threads=threads, streams=0)  # type: ignore[arg-type]
+    engine = Engine.open(model, backend=backend, precision=precision, threads=threads, streams=0)  # type: ignore[arg-type]
+    engine.compiled(engine.label_output)
+    return engine
 
 
 def _segment_options(**kwargs: Any):  # type: ignore[no-untyped-def]
