@@ -81,13 +81,10 @@ def test_label_margins_are_logit_differences_over_class_0(exported, backend):
 
 
 def test_volume_labels_from_margins_equal_argmax_of_blended_logits():
-    from veloxseg.assets import bundled_model, sample_case
-    from veloxseg.runtime.nifti_io import load_case
-    from veloxseg.runtime.segment import to_model_grid
+    from veloxseg.assets import bundled_model
 
     engine = Engine.open(bundled_model(), backend="openvino", precision="fp32", threads=2)
-    data, geometry = load_case(sample_case()[0], 2)
-    volume, _ = to_model_grid(data, geometry.affine, engine.metadata)
+    volume = _sample_volume(engine)
     labels = engine.predict_volume(volume, output="labels")
     logits = engine.predict_volume(volume, output="logits")
     margin = logits[1] - logits[0]
@@ -119,3 +116,31 @@ def test_graph_for_one_output_keeps_only_the_nodes_it_needs(exported):
     assert len(logits.graph.node) < total and len(margins.graph.node) < total
     onnx.checker.check_model(logits)
     onnx.checker.check_model(margins)
+
+
+def test_files_without_label_margins_still_give_labels(tmp_path):
+    """Files from exporters before label margins have only logits; labels then come from them."""
+    from veloxseg.assets import bundled_model
+    from veloxseg.runtime.model_file import graph_for_output, open_model_file
+
+    old = tmp_path / "logits_only.onnx"
+    onnx.save(graph_for_output(open_model_file(bundled_model()), "logits"), old)
+    engines = [Engine.open(p, "openvino", "fp32", threads=2) for p in (old, bundled_model())]
+    volume = _sample_volume(engines[0])
+    assert [e.label_output for e in engines] == ["logits", "label_margins"]
+    from_logits, from_margins = (e.predict_volume(volume) for e in engines)
+    logits = engines[0].predict_volume(volume, output="logits")
+    decided = np.abs(logits[1] - logits[0]) > 1e-3
+    np.testing.assert_array_equal(from_logits, np.argmax(logits, axis=0))
+    np.testing.assert_array_equal(from_margins[decided], from_logits[decided])
+    assert from_logits.any() and decided.mean() > 0.999
+
+
+def _sample_volume(engine: Engine) -> np.ndarray:
+    """The bundled PET/CT sample, preprocessed as ``veloxseg segment`` does (it has a lesion)."""
+    from veloxseg.assets import sample_case
+    from veloxseg.runtime.nifti_io import load_case
+    from veloxseg.runtime.segment import to_model_grid
+
+    data, geometry = load_case(sample_case()[0], 2)
+    return to_model_grid(data, geometry.affine, engine.metadata)[0]
