@@ -107,6 +107,8 @@ class Engine:
             raise InputError(f"expected a (B, {', '.join(map(str, expected))}) array, got {got}")
         if x.dtype != np.float32:
             raise InputError(f"expected float32 patches, got {x.dtype}; use x.astype(np.float32)")
+        if output not in (LOGITS, MARGINS):
+            raise ValueError(f"output must be {LOGITS!r} or {MARGINS!r}, got {output!r}")
         if output == MARGINS and not self.model.has_margins:
             raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
         return self.compiled(output).infer(np.ascontiguousarray(x))

@@ -58,6 +58,8 @@ def test_predict_patches_checks_shape_and_dtype(exported, backend):
         engine.predict_patches(np.zeros((1, 2, 96, 96, 96), np.float64))
     out = engine.predict_patches(np.zeros((3, 2, 96, 96, 96), np.float32))
     assert out.shape == (3, 2, 96, 96, 96) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="output must be 'logits' or 'label_margins'"):
+        engine.predict_patches(np.zeros((1, 2, 96, 96, 96), np.float32), "probabilities")
 
 
 def test_onnxruntime_backend_refuses_bf16(exported):
