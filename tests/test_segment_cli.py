@@ -224,3 +224,35 @@ def test_folder_mode_skips_resumes_and_reports_failing_case(model, tmp_path):
     assert (out / "case0.nii.gz").stat().st_mtime_ns == stamp
     assert (out / "case1.json").exists()
     assert not list(out.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_four_class_model_labels_from_margins_match_its_logits_on_a_resampled_scan(
+    exported, tmp_path
+):
+    """BraTS: 4 modalities, classes written as 0, 1, 2, 4. The scan's spacing differs from the
+    model's, so labels come from blended margins resampled to the input grid (3 channels)."""
+    import onnx
+
+    from veloxseg.runtime.model_file import graph_for_output, open_model_file
+
+    model = exported("brats2021")
+    logits_only = tmp_path / "logits_only.onnx"
+    onnx.save(graph_for_output(open_model_file(model), "logits"), logits_only)
+    rng = np.random.default_rng(11)
+    data = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal((70, 60, 36)), 2) for _ in range(4)]
+    )
+    affine = np.diag([0.8, 0.8, 1.9, 1.0])  # the model's spacing is 1 mm
+    inputs = _write(tmp_path, "case", data.astype(np.float32), affine)
+    outputs = {}
+    for name, path in (("margins", model), ("logits", logits_only)):
+        out = tmp_path / f"{name}.nii.gz"
+        result = _segment(path, inputs, out, "--backend", "onnxruntime", "--precision", "fp32")
+        assert result.exit_code == 0, result.output
+        outputs[name] = np.asarray(nib.load(out).dataobj)
+    assert outputs["margins"].shape == data.shape[1:]
+    assert set(np.unique(outputs["margins"])) <= {0, 1, 2, 4}
+    assert len(np.unique(outputs["logits"])) > 1
+    # Same sums in another order: only voxels at a near-tie between two classes may differ.
+    assert (outputs["margins"] == outputs["logits"]).mean() > 0.999
