@@ -1,5 +1,7 @@
 """Where OpenVINO spends its time on one patch: PERF_COUNT per node, grouped by layer type and
-listed for the slowest nodes. Usage: python benchmarks/profile_openvino.py [MODEL] [fp32|bf16]"""
+listed for the slowest nodes, for one graph output (the other is dropped, as the engine does).
+
+Usage: python benchmarks/profile_openvino.py [MODEL] [fp32|bf16] [logits|label_margins]"""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else str(bundled_model())
     precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
+    output = sys.argv[3] if len(sys.argv) > 3 else "logits"
     core = ov.Core()
     core.add_extension(pwa_conversion_extension())
     config = {
@@ -23,7 +26,11 @@ def main() -> None:
         "INFERENCE_NUM_THREADS": 2,
         "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
     }
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    model = core.read_model(path)
+    for result in list(model.get_results()):
+        if output not in result.input_value(0).get_names():
+            model.remove_result(result)
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((1, 2, 96, 96, 96), np.float32)
     for _ in range(3):
