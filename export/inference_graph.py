@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from veloxseg.model import VeloxSeg
 from veloxseg.model.layers import PatchMerging, pixel_shuffle_3d
 from veloxseg.runtime.model_file import LOGITS, MARGINS
 
-__all__ = ["export_forward", "output_names", "patch_merging_forward"]
+__all__ = ["export_forward", "merged_embed", "output_names", "patch_merging_forward"]
 
 
 def output_names(model: VeloxSeg) -> list[str]:
@@ -39,14 +40,7 @@ def output_names(model: VeloxSeg) -> list[str]:
 def export_forward(model: VeloxSeg, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The forward the exporter traces (bound to a copy of ``model``, so every weight keeps its
     state-dict name): ``image -> (logits, label_margins)``, or ``(logits,)`` for one class."""
-    encoder = model.encoder
-    pwa = _pwa_stream(model, x)
-    encs, h = [], x
-    for i, feats in enumerate(pwa):
-        fused = getattr(encoder, f"attn2conv_{i + 1}")(torch.cat(feats, dim=1))
-        h = getattr(encoder.encoder_conv, f"down{i + 1}")(h) + fused
-        h = getattr(encoder.encoder_conv, f"layer{i + 1}")(h)
-        encs.append(h)
+    _, encs = model.encoder(x)
     up1, _, _ = model.decoder.features(encs)
     logits = model.decoder.head(up1)
     if model.n_classes == 1:
@@ -54,25 +48,20 @@ def export_forward(model: VeloxSeg, x: torch.Tensor) -> tuple[torch.Tensor, ...]
     return logits, _margins(model, up1)
 
 
-def _pwa_stream(model: VeloxSeg, x: torch.Tensor) -> list[list[torch.Tensor]]:
-    """The transformer encoder's forward with all patch embeddings in one convolution."""
-    stream = model.encoder.encoder_attn
-    embeds = [e.proj for e in stream.patch_embeds]
+def merged_embed(self: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The transformer encoder's ``embed`` as one convolution over the whole input whose weight
+    is block-diagonal over the modalities, split back by channel afterwards (eval: no dropout)."""
+    convs = [e.proj for e in self.patch_embeds]
     total, start, weights = int(x.shape[1]), 0, []
-    for conv in embeds:
+    for conv in convs:
         w = conv.weight
         before = w.new_zeros(w.shape[0], start, *w.shape[2:])
         after = w.new_zeros(w.shape[0], total - start - w.shape[1], *w.shape[2:])
         weights.append(torch.cat([before, w, after], dim=1))
         start += int(w.shape[1])
-    bias = torch.cat([conv.bias for conv in embeds])
-    merged = F.conv3d(x, torch.cat(weights), bias, stride=embeds[0].stride)
-    xs = list(merged.split(int(embeds[0].weight.shape[0]), dim=1))
-    levels = []
-    for layer in stream.layers:
-        feats, xs = layer(xs)
-        levels.append(feats)
-    return levels
+    bias = torch.cat([conv.bias for conv in convs])
+    merged = F.conv3d(x, torch.cat(weights), bias, stride=convs[0].stride)
+    return list(merged.split(int(convs[0].weight.shape[0]), dim=1))
 
 
 def patch_merging_forward(self: PatchMerging, x: torch.Tensor) -> torch.Tensor:

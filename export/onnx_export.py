@@ -22,7 +22,12 @@ import torch
 
 from veloxseg import __version__
 from veloxseg.export.card_defaults import default_card_fields
-from veloxseg.export.inference_graph import export_forward, output_names, patch_merging_forward
+from veloxseg.export.inference_graph import (
+    export_forward,
+    merged_embed,
+    output_names,
+    patch_merging_forward,
+)
 from veloxseg.export.pwa_op import (
     DOMAIN,
     DOMAIN_VERSION,
@@ -116,10 +121,12 @@ def _custom_core(
 
 def _prepare_for_export(model: VeloxSeg) -> tuple[VeloxSeg, dict[str, tuple]]:
     """A copy whose PWA cores emit custom nodes, with each tiled bias as a constant buffer, and
-    whose forward is :func:`export_forward` (merged embeddings, label margins) with patch
-    merging as a strided convolution."""
+    whose forward is :func:`export_forward` (label margins), with merged patch embeddings and
+    patch merging as a strided convolution."""
     model = copy.deepcopy(model).eval()
     model.forward = types.MethodType(export_forward, model)
+    stream = model.encoder.encoder_attn
+    stream.embed = types.MethodType(merged_embed, stream)
     for module in model.modules():
         if isinstance(module, PatchMerging):
             module.forward = types.MethodType(patch_merging_forward, module)

@@ -177,10 +177,14 @@ class _TransformerEncoder(nn.Module):
             for i in range(_LEVELS)
         )
 
+    def embed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each modality's patch embedding of ``(B, sum(in_ch), D, H, W)``."""
+        chunks = x.chunk(len(self.patch_embeds), dim=1)
+        return [self.pos_drop(embed(c)) for embed, c in zip(self.patch_embeds, chunks, strict=True)]
+
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per level, the list of per-modality PWA features."""
-        chunks = x.chunk(len(self.patch_embeds), dim=1)
-        xs = [self.pos_drop(embed(c)) for embed, c in zip(self.patch_embeds, chunks, strict=True)]
+        xs = self.embed(x)
         levels = []
         for layer in self.layers:
             feats, xs = layer(xs)
