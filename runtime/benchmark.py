@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from veloxseg.runtime.tiling import labels_from_margins
+
 __all__ = [
     "FormatResult",
     "Subject",
@@ -229,7 +231,7 @@ def compare_margins(margins: np.ndarray, reference: np.ndarray) -> tuple[float, 
     fraction of voxels whose label (0 unless a margin is positive) matches the logits' argmax."""
     expected = reference[:, 1:] - reference[:, :1]
     diff = float(np.abs(margins - expected).max())
-    labels = np.where(margins.max(1) > 0, margins.argmax(1) + 1, 0)
+    labels = labels_from_margins(margins, axis=1)
     return diff, float((labels == reference.argmax(1)).mean())
 
 

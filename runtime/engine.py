@@ -91,6 +91,10 @@ class Engine:
 
     def compiled(self, output: str) -> Backend:
         """The backend computing graph output ``output``, compiled on first use."""
+        if output not in (LOGITS, MARGINS):
+            raise ValueError(f"output must be {LOGITS!r} or {MARGINS!r}, got {output!r}")
+        if output == MARGINS and not self.model.has_margins:
+            raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
         with self._lock:
             if output not in self._backends:
                 options = dataclasses.replace(self.options, output=output)
@@ -107,10 +111,6 @@ class Engine:
             raise InputError(f"expected a (B, {', '.join(map(str, expected))}) array, got {got}")
         if x.dtype != np.float32:
             raise InputError(f"expected float32 patches, got {x.dtype}; use x.astype(np.float32)")
-        if output not in (LOGITS, MARGINS):
-            raise ValueError(f"output must be {LOGITS!r} or {MARGINS!r}, got {output!r}")
-        if output == MARGINS and not self.model.has_margins:
-            raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
         return self.compiled(output).infer(np.ascontiguousarray(x))
 
     def predict_volume(
@@ -131,9 +131,7 @@ class Engine:
         is the labels'), the cheapest input for resampling labels to another grid.
         """
         card = self.metadata
-        graph_output = self.label_output if output in ("labels", "margins") else LOGITS
-        if output == "margins" and graph_output != MARGINS:
-            raise ValueError(f"{self.model.path} has no {MARGINS} output; re-export it")
+        graph_output = {"labels": self.label_output, "margins": MARGINS}.get(output, LOGITS)
         backend = self.compiled(graph_output)
         return sliding_window_predict(
             volume,

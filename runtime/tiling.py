@@ -26,6 +26,7 @@ __all__ = [
     "StreamingLabelAccumulator",
     "TilePlan",
     "importance_map",
+    "labels_from_margins",
     "plan_tiles",
 ]
 
@@ -114,6 +115,14 @@ def importance_map(patch: tuple[int, int, int], blend: Blend) -> np.ndarray:
         weights = weights[..., None] * gauss
     floor = max(float(weights.min()), _MIN_WEIGHT)
     return np.maximum(weights, np.float32(floor))
+
+
+def labels_from_margins(margins: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Class indices from logit margins over class 0 along ``axis`` (class 0 scores 0): the
+    argmax of the logits, ties going to the lower class as ``np.argmax`` does."""
+    best = margins.argmax(axis=axis)
+    top = np.take_along_axis(margins, np.expand_dims(best, axis), axis).squeeze(axis)
+    return np.where(top > 0, best + 1, 0)
 
 
 def _window(start: Index3, patch: Index3) -> tuple[slice, ...]:
@@ -247,8 +256,7 @@ class StreamingLabelAccumulator(_Accumulator):
             if not self._margins:
                 np.divide(block, self._count[region], out=block)
                 out[...] = block.argmax(axis=0)
-            elif len(block) == 1:
+            elif len(block) == 1:  # two classes: no argmax temporaries
                 np.greater(block[0], 0, out=out, casting="unsafe")
             else:
-                best = block.argmax(axis=0)
-                out[...] = np.where(np.take_along_axis(block, best[None], 0)[0] > 0, best + 1, 0)
+                out[...] = labels_from_margins(block)
