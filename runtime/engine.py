@@ -122,6 +122,7 @@ class Engine:
         tta: bool = False,
         output: Output = "labels",
         progress: bool = False,
+        reuse_constant: bool = True,
     ) -> np.ndarray:
         """Sliding-window inference over a ``(C, X, Y, Z)`` float32 volume, as MONAI does.
 
@@ -129,6 +130,9 @@ class Engine:
         ``(n_classes, X, Y, Z)`` float32 probabilities or logits, or ``margins``: blended
         ``(n_classes - 1, X, Y, Z)`` logit margins over class 0 (whose argmax, with class 0 at 0,
         is the labels'), the cheapest input for resampling labels to another grid.
+
+        Windows whose input is constant in every channel (clipped air, zero background) are
+        computed once per distinct value unless ``reuse_constant`` is off; the output is the same.
         """
         card = self.metadata
         graph_output = {"labels": self.label_output, "margins": MARGINS}.get(output, LOGITS)
@@ -144,6 +148,7 @@ class Engine:
             tta=tta,
             output=output,
             progress=progress,
+            reuse_constant=reuse_constant,
             in_channels=card.in_channels,
             max_in_flight=backend.parallel_requests,
             margins=graph_output == MARGINS,

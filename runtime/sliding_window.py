@@ -3,7 +3,9 @@
 Results match MONAI's ``sliding_window_inference`` (see :mod:`veloxseg.runtime.tiling`). Windows are
 cut into batches on the calling thread while worker threads run ``predict_batch`` (ONNX Runtime and
 OpenVINO release the GIL), and finished batches are stitched in window order, so extraction,
-inference and stitching overlap while at most ``max_in_flight + 1`` batches are alive.
+inference and stitching overlap while at most ``max_in_flight + 1`` batches are alive. A window
+whose input is constant in every channel is computed once per distinct value and its result
+reused, which changes no output of a deterministic predictor.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ __all__ = ["Output", "PredictBatch", "sliding_window_predict"]
 
 Output = Literal["labels", "probabilities", "logits", "margins"]
 PredictBatch = Callable[[np.ndarray], np.ndarray]
+_WindowResult = tuple[Future[np.ndarray], int]
+"""A window's result: the batch future that computes it and the window's index in that batch."""
 """Maps a ``(B, C, *patch)`` float32 batch to ``(B, n_classes, *patch)`` float32 logits (or
 ``(B, n_classes - 1, *patch)`` margins over class 0)."""
+
+_MAX_REUSED = 8  # distinct constant windows whose results are kept for reuse
 
 _MIRROR_AXES = tuple(
     axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r)
@@ -56,6 +62,7 @@ def sliding_window_predict(
     in_channels: int | None = None,
     max_in_flight: int = 2,
     margins: bool = False,
+    reuse_constant: bool = True,
 ) -> np.ndarray:
     """Segment a ``(C, X, Y, Z)`` float32 volume window by window.
 
@@ -64,6 +71,10 @@ def sliding_window_predict(
     ``tta`` averages the logits of all 8 axis flips. ``max_in_flight`` is how many
     ``predict_batch`` calls may run at once on worker threads; above 1 it must be thread-safe
     (an ONNX Runtime session is; an engine can also spread the calls over several infer requests).
+
+    ``reuse_constant`` computes a window whose input is constant in every channel once per
+    distinct value and reuses the result; ``predict_batch`` must be deterministic (ONNX Runtime and
+    OpenVINO are). Off, every window is computed, as MONAI does (for benchmarks).
 
     With ``margins``, ``predict_batch`` returns logit margins over class 0 (``K - 1`` channels);
     they give ``labels``, or blended ``(n_classes - 1, X, Y, Z)`` margins for ``output="margins"``.
@@ -82,12 +93,23 @@ def sliding_window_predict(
         accumulator = DenseAccumulator(plan, channels, weight)
     infer = partial(_infer, predict_batch, (channels, *plan.patch), tta)
     batches = [plan.starts[i : i + batch_size] for i in range(0, len(plan.starts), batch_size)]
+    reused: dict[bytes, _WindowResult] = {}  # constant window values -> where its result is
     pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="veloxseg-infer")
-    pending: deque[tuple[Sequence[tuple[int, int, int]], Future[np.ndarray]]] = deque()
+    pending: deque[tuple[Sequence[tuple[int, int, int]], list[_WindowResult]]] = deque()
     try:
         with _progress_bar(progress, len(plan.starts)) as advance:
             for starts in batches:
-                pending.append((starts, pool.submit(infer, _extract(volume, plan, starts))))
+                batch = _extract(volume, plan, starts)
+                keys = [_constant_key(w) if reuse_constant else None for w in batch]
+                if all(key in reused for key in keys):  # every window already computed
+                    pending.append((starts, [reused[key] for key in keys]))  # type: ignore[index]
+                else:
+                    future = pool.submit(infer, batch)
+                    results = [(future, i) for i in range(len(starts))]
+                    for key, result in zip(keys, results, strict=True):
+                        if key is not None and len(reused) < _MAX_REUSED:
+                            reused.setdefault(key, result)
+                    pending.append((starts, results))
                 if len(pending) > max_in_flight:  # one queued extra keeps workers busy
                     _stitch(accumulator, *pending.popleft(), advance)
             while pending:
@@ -152,6 +174,20 @@ def _extract(
     return batch
 
 
+def _constant_key(window: np.ndarray) -> bytes | None:
+    """The per-channel values of a ``(C, *patch)`` window constant in every channel, else None.
+
+    Such windows (air clipped to one CT value, the zero background around a skull-stripped brain,
+    padding) all give the same result, so each distinct one is computed once.
+    """
+    first = window[:, :1, :1, :1]
+    if (window[:, ::7, ::7, ::7] != first).any():
+        return None  # a sparse sample already differs: most windows stop here, cheaply
+    if any(channel.min() != channel.max() for channel in window):
+        return None
+    return first.tobytes()
+
+
 def _infer(
     predict_batch: PredictBatch, out_shape: tuple[int, ...], tta: bool, batch: np.ndarray
 ) -> np.ndarray:
@@ -181,13 +217,12 @@ def _checked(logits: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
 def _stitch(
     accumulator: DenseAccumulator | StreamingLabelAccumulator,
     starts: Sequence[tuple[int, int, int]],
-    future: Future[np.ndarray],
+    results: Sequence[_WindowResult],
     advance: Callable[[int], None],
 ) -> None:
     """Wait for one batch and add its windows in plan order (keeps per-voxel sums deterministic)."""
-    logits = future.result()
-    for start, window in zip(starts, logits, strict=True):
-        accumulator.add(start, window)
+    for start, (future, index) in zip(starts, results, strict=True):
+        accumulator.add(start, future.result()[index])
     advance(len(starts))
 
 

@@ -198,6 +198,41 @@ def test_pipeline_runs_predictor_on_worker_threads_with_bounded_concurrency() ->
     assert seen["max"] <= 2
 
 
+@pytest.mark.parametrize(("batch_size", "blend"), [(1, "constant"), (2, "gaussian")])
+def test_constant_windows_are_computed_once_and_change_no_output(batch_size, blend) -> None:
+    volume = make_volume((2, 64, 40, 30))
+    volume[:, :40] = np.array([-1.5, 0.0], np.float32)[:, None, None, None]  # "air" in rows < 40
+    volume[:, :40, :16, :16] = 0.0  # a second constant value, in the corner windows
+    volume[0, 20, 39, 29] = 7.0  # breaks the constancy of the windows around it
+    patch = (16, 16, 16)
+    computed: list[np.ndarray] = []
+
+    def counting_ramp(batch: np.ndarray) -> np.ndarray:
+        computed.extend(batch)
+        return ramp(batch)
+
+    expected = monai_reference(volume, ramp, patch, 0.25, blend, batch_size)
+    got = sliding_window_predict(
+        volume, counting_ramp, patch, N_CLASSES, 0.25, blend, batch_size, output="logits"
+    )
+    assert np.max(np.abs(got - expected)) <= TOL
+    plan = plan_tiles(volume.shape[1:], patch, 0.25)
+    windows = [volume[:, x : x + 16, y : y + 16, z : z + 16] for x, y, z in plan.starts]
+    constant = [w for w in windows if all(np.ptp(c) == 0 for c in w)]
+    distinct = {w[:, 0, 0, 0].tobytes() for w in constant}
+    assert len(distinct) == 2 and len(constant) > 10
+    if batch_size == 1:  # each distinct constant window is computed exactly once
+        assert len(computed) == len(windows) - len(constant) + len(distinct)
+    else:  # a batch is skipped only when all of its windows are reused
+        assert len(windows) - len(constant) + len(distinct) <= len(computed) < len(windows)
+    computed.clear()
+    every = sliding_window_predict(
+        volume, counting_ramp, patch, N_CLASSES, 0.25, blend, batch_size, output="logits",
+        reuse_constant=False,
+    )  # fmt: skip
+    assert len(computed) == len(windows) and np.array_equal(every, got)
+
+
 @pytest.mark.parametrize(
     ("volume", "kwargs", "message"),
     [
