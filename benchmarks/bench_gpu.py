@@ -3,7 +3,8 @@ autocast), torch.compile (fp32 and AMP), at batch sizes up to 64, and ONNX Runti
 provider when its GPU build is installed. Same weights as the bundled ONNX file.
 
 Usage (on the GPU host): python benchmarks/bench_gpu.py --out DIR [--budget-s 420]
-Writes gpu_bench.json and gpu_bench.md into DIR.
+[--onnxruntime-only]. Writes gpu_bench.json and gpu_bench.md (gpu_bench_onnxruntime.* with
+--onnxruntime-only) into DIR.
 """
 
 from __future__ import annotations
@@ -76,24 +77,45 @@ def torch_modes(model: torch.nn.Module, deadline: float) -> list[dict]:
     return rows
 
 
-def onnxruntime_cuda(path: Path) -> list[dict]:
+def onnxruntime_cuda(path: Path, reference: torch.nn.Module) -> list[dict]:
+    """The same ONNX file on ONNX Runtime's CUDA provider, one graph output at a time (as the CPU
+    bench), input and output kept on the GPU through IOBinding; max |Δ| against PyTorch fp32."""
     try:
         import onnxruntime as ort
     except ImportError:
         return [{"mode": "onnxruntime-cuda", "status": "onnxruntime not installed"}]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return [{"mode": "onnxruntime-cuda", "status": "no CUDA provider in this onnxruntime"}]
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    from veloxseg.runtime.model_file import LOGITS, MARGINS, graph_for_output, open_model_file
+
+    model = open_model_file(path)
     rows = []
-    for batch in (1, 8, 16, 32):
-        x = np.random.default_rng(0).standard_normal((batch, 2, 96, 96, 96), np.float32)
-        for _ in range(3):
-            session.run(None, {"image": x})
-        start = time.perf_counter()
-        for _ in range(10):
-            session.run(None, {"image": x})
-        seconds = (time.perf_counter() - start) / 10
-        rows.append(_row("onnxruntime-cuda", batch, seconds))
+    for output in (LOGITS, MARGINS):
+        graph = graph_for_output(model, output).SerializeToString()
+        session = ort.InferenceSession(graph, providers=["CUDAExecutionProvider"])
+        mode = "onnxruntime-cuda" + ("-labels" if output == MARGINS else "")
+        for batch in (1, 8, 16, 32, 64):
+            x = torch.randn(batch, 2, 96, 96, 96, device="cuda")
+            binding = session.io_binding()
+            binding.bind_input("image", "cuda", 0, np.float32, list(x.shape), x.data_ptr())
+            binding.bind_output(output, "cuda")
+
+            def run(session=session, binding=binding):  # type: ignore[no-untyped-def]
+                session.run_with_iobinding(binding)
+
+            try:
+                row = _row(mode, batch, time_cuda(run, iterations=10, warmup=3))
+            except Exception as e:  # a provider error (out of memory, say) ends this mode only
+                rows.append({"mode": mode, "batch": batch, "status": str(e).splitlines()[0]})
+                break
+            if batch == 1:
+                with torch.inference_mode():
+                    logits = reference(x)
+                expected = logits if output == LOGITS else logits[:, 1:] - logits[:, :1]
+                got = torch.from_numpy(binding.copy_outputs_to_cpu()[0])
+                row["max_abs_diff_vs_torch_fp32"] = float((got - expected.cpu()).abs().max())
+            rows.append(row)
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -101,15 +123,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--onnxruntime-only", action="store_true", help="skip the PyTorch modes")
     args = parser.parse_args()
     deadline = time.time() + args.budget_s
     torch.backends.cudnn.benchmark = True
     model = torch_model_from_onnx(bundled_model()).cuda().eval()
-    rows = torch_modes(model, deadline) + onnxruntime_cuda(bundled_model())
+    rows = [] if args.onnxruntime_only else torch_modes(model, deadline)
+    rows += onnxruntime_cuda(bundled_model(), model)
     card = torch.cuda.get_device_name(0)
     result = {"gpu": card, "torch": torch.__version__, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "gpu_bench_onnxruntime" if args.onnxruntime_only else "gpu_bench"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"GPU: {card}, torch {torch.__version__}", "",
              "| mode | batch | patches/s | ms per batch |", "|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -118,7 +143,7 @@ def main() -> None:
                          f"{r['ms_per_batch']:.2f} |")  # fmt: skip
         else:
             lines.append(f"| {r['mode']} | {r.get('batch', '-')} | {r['status']} | - |")
-    (args.out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,5 +1,6 @@
-"""CPU-vs-GPU throughput plot from results/cpu_bench.json and results/gpu_bench.json
-(best batch per GPU mode; CPU formats at batch 1, 2 threads). Writes results/cpu_vs_gpu.png."""
+"""CPU-vs-GPU throughput plot from results/cpu_bench.json, results/gpu_bench.json and, when
+present, results/gpu_bench_onnxruntime.json (best batch per GPU mode; CPU formats at batch 1,
+2 threads). Writes results/cpu_vs_gpu.png."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     cpu = json.loads((RESULTS / "cpu_bench.json").read_text())
     gpu = json.loads((RESULTS / "gpu_bench.json").read_text())
+    extra = RESULTS / "gpu_bench_onnxruntime.json"
+    if extra.exists():  # ONNX Runtime's CUDA provider, run apart from the PyTorch modes
+        gpu["rows"] = [r for r in gpu["rows"] if not r["mode"].startswith("onnxruntime")]
+        gpu["rows"] += json.loads(extra.read_text())["rows"]
     bars = [(f"CPU {r['format']}", r["patches_per_s"], "tab:blue") for r in cpu["results"]]
     best: dict[str, dict] = {}
     for row in gpu["rows"]:

@@ -32,9 +32,11 @@ FORMATS = {  # name: (backend, precision, streams, output); streams 0 = OpenVINO
     "onnxruntime-fp32": ("onnxruntime", "fp32", 1, LOGITS),
     "openvino-fp32-throughput": ("openvino", "fp32", 0, LOGITS),
     "openvino-bf16-throughput": ("openvino", "bf16", 0, LOGITS),
-    # what `veloxseg segment` runs for labels: the label-margins output, throughput streams
+    # what `veloxseg segment` runs for labels: the label-margins output (OpenVINO: throughput
+    # streams)
     "openvino-fp32-labels-throughput": ("openvino", "fp32", 0, MARGINS),
     "openvino-bf16-labels-throughput": ("openvino", "bf16", 0, MARGINS),
+    "onnxruntime-fp32-labels": ("onnxruntime", "fp32", 1, MARGINS),
 }
 
 
