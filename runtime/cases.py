@@ -100,6 +100,11 @@ def prepare_folder(input_dir: Path, output_dir: Path, n_modalities: int) -> list
     """The cases of a folder run, after refusing to write into the input folder."""
     if input_dir.resolve() == output_dir.resolve():
         raise InputError("output folder is the input folder; choose another output folder")
+    if output_dir.name.lower().endswith((".nii", ".nii.gz")) or output_dir.is_file():
+        raise InputError(
+            f"-o {output_dir} names a file, but a folder of cases writes a folder of outputs; "
+            "pass an output folder"
+        )
     cases = find_cases(input_dir, n_modalities)
     output_dir.mkdir(parents=True, exist_ok=True)
     return cases

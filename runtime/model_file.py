@@ -84,6 +84,8 @@ def graph_for_output(model: ModelFile, output: str) -> onnx.ModelProto:
 
 
 def _read(path: Path) -> tuple[onnx.ModelProto, str]:
+    if path.is_dir():
+        raise ModelFileError(f"model {path} is a folder; pass an exported .onnx file")
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; pass an exported .onnx file")
     size = path.stat().st_size

@@ -46,6 +46,7 @@ _QUEUED_PER_WORKER = 2  # one case running and one waiting, so a worker never id
 # is tried once more, so a case that kills workers fails alone and the cohort goes on.
 _RESTARTS = 4
 _RETRIES = 1
+_CONNECT_TIMEOUT_S = 5  # a live Ray head answers at once; ray.init itself would retry for minutes
 
 Outcome = tuple[CaseStatus, CaseResult | str | None]
 
@@ -133,6 +134,24 @@ def _import_ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds when nobody answers at ``HEAD:PORT``; ``ray.init`` retries for minutes."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise VeloxSegError(
+            f"Ray address must be HEAD:PORT (e.g. 10.0.0.5:6379) or auto, got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise VeloxSegError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check the address, "
+            "or leave out --ray-address to start a local cluster"
+        ) from e
+
+
 def segment_folder_ray(
     model_path: str | Path,
     input_dir: str | Path,
@@ -160,6 +179,8 @@ def segment_folder_ray(
         Path(p).absolute() for p in (model_path, input_dir, output_dir)
     )
     n_modalities = open_model_file(model_path).card.in_channels
+    if not ray.is_initialized():
+        _check_reachable(address)
     cases = prepare_folder(input_dir, output_dir, n_modalities)
     options = replace(options or SegmentOptions(), progress=False)
 

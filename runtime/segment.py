@@ -42,7 +42,14 @@ from veloxseg.runtime.resampling import (
 )
 from veloxseg.runtime.tiling import Blend
 
-__all__ = ["CaseResult", "SegmentOptions", "output_paths", "segment_case", "to_model_grid"]
+__all__ = [
+    "CaseResult",
+    "SegmentOptions",
+    "check_output",
+    "output_paths",
+    "segment_case",
+    "to_model_grid",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,8 @@ class _Stopwatch:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def _check_output(output: Path, inputs: Sequence[Path]) -> None:
+def check_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output path that is not a NIfTI name or that is one of the inputs."""
     if not (output.name.endswith(".nii.gz") or output.suffix == ".nii"):
         raise InputError(f"output {output} must end in .nii.gz or .nii")
     resolved = output.resolve()
@@ -168,7 +176,11 @@ def segment_case(
     """
     options = options or SegmentOptions()
     output = Path(output)
-    _check_output(output, inputs)
+    check_output(output, inputs)
+    try:  # before the work, as nnU-Net does: a missing folder must not cost a whole inference
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output folder {output.parent}: {e.strerror}") from e
     card = engine.metadata
     clock = _Stopwatch()
     with clock.stage("load"):

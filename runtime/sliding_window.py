@@ -19,9 +19,10 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
+from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
-from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.errors import InputError, ModelFileError
 from veloxseg.runtime.tiling import (
     Blend,
     DenseAccumulator,
@@ -211,6 +212,11 @@ def _checked(logits: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
             f"predict_batch returned shape {logits.shape}, expected {expected} "
             "(batch, channels, *patch)"
         )
+    if not np.isfinite(logits.sum()):  # one pass; NaN and inf survive a sum of finite values
+        raise ModelFileError(
+            "the model produced NaN or infinite scores on finite input; the model file is "
+            "broken (re-export it from a checkpoint with finite weights)"
+        )
     return logits
 
 
@@ -232,7 +238,8 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     if not enabled:
         yield lambda _n: None
         return
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays for data
         task = bar.add_task("sliding window", total=total)
         yield lambda n: bar.advance(task, n)
 

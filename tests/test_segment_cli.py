@@ -187,7 +187,8 @@ def test_bad_model_files_get_one_line_exit_2(tmp_path):
     )  # fmt: skip
     other = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph), other)
-    for model, phrase in ((garbage, "not a readable ONNX"), (other, "no VeloxSeg model card")):
+    cases = ((garbage, "not a readable ONNX"), (other, "no VeloxSeg model card"))
+    for model, phrase in (*cases, (tmp_path, "is a folder")):
         result = _segment(model, inputs, tmp_path / "o.nii.gz")
         assert result.exit_code == 2, result.output
         assert phrase in result.output and len(result.output.strip().splitlines()) == 1
@@ -256,3 +257,67 @@ def test_four_class_model_labels_from_margins_match_its_logits_on_a_resampled_sc
     assert len(np.unique(outputs["logits"])) > 1
     # Same sums in another order: only voxels at a near-tie between two classes may differ.
     assert (outputs["margins"] == outputs["logits"]).mean() > 0.999
+
+
+def test_missing_output_folder_is_created_and_threads_must_be_positive(model, tmp_path):
+    inputs = _write(tmp_path, "new", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    out = tmp_path / "not" / "yet" / "seg.nii.gz"
+    assert _segment(model, inputs, out).exit_code == 0 and out.exists()
+    zero = runner.invoke(app, ["segment", "-i", str(inputs[0]), "-o", str(out), "--threads", "0"])
+    assert zero.exit_code == 2 and "Traceback" not in zero.output
+
+
+def test_existing_sidecar_is_not_replaced_without_overwrite(model, tmp_path):
+    inputs = _write(tmp_path, "side", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    sidecar = tmp_path / "seg.json"
+    sidecar.write_text('{"from": "dcm2niix"}')
+    result = _segment(model, inputs, tmp_path / "seg.nii.gz")
+    assert result.exit_code == 2 and "seg.json exists" in result.output
+    assert sidecar.read_text() == '{"from": "dcm2niix"}'
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_folder_of_cases_refuses_an_output_that_names_a_file(model, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _write(cases, "case0", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep")
+    for out in (tmp_path / "seg.nii.gz", existing):
+        result = runner.invoke(app, ["segment", "-i", str(cases), "-o", str(out), "-m", str(model)])
+        assert result.exit_code == 2 and "names a file" in result.output, result.output
+    assert not (tmp_path / "seg.nii.gz").exists() and existing.read_text() == "keep"
+
+
+def test_model_that_outputs_nan_is_refused_without_output(model, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(model)
+    name = "encoder.encoder_conv.down1.down.weight"  # the first conv: every output depends on it
+    first = next(t for t in proto.graph.initializer if t.name == name)
+    weights = numpy_helper.to_array(first).copy()
+    weights.flat[0] = np.nan
+    first.CopyFrom(numpy_helper.from_array(weights, name))
+    broken = tmp_path / "nan.onnx"
+    onnx.save(proto, broken)
+    inputs = _write(tmp_path, "n", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    result = _segment(broken, inputs, tmp_path / "seg.nii.gz", "--backend", "onnxruntime")
+    assert result.exit_code == 2 and "NaN or infinite" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_unreachable_ray_address_fails_in_seconds_without_output(model, tmp_path):
+    pytest.importorskip("ray")
+    import time
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _write(cases, "case0", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    args = ["segment", "-i", str(cases), "-o", str(out), "-m", str(model), "-q"]
+    result = runner.invoke(app, [*args, "--ray-address", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output
+    assert time.perf_counter() - start < 30 and not out.exists()

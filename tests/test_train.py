@@ -205,3 +205,9 @@ def test_train_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert f"final checkpoint: {tmp_path / 'checkpoint_final.pth'}" in result.output
     assert load_checkpoint(tmp_path / "checkpoint_final.pth", "autopetii").n_classes == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_device_without_a_gpu_is_refused_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match="sees no CUDA GPU; use --device cpu"):
+        TrainConfig(out_dir=tmp_path, device="cuda")

@@ -94,6 +94,11 @@ class TrainConfig:
                 f"steps, batch_size and log_every must be >= 1, got {self.steps}, "
                 f"{self.batch_size}, {self.log_every}"
             )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {self.device!r} asked for, but this torch ({torch.__version__}) sees no "
+                "CUDA GPU; use --device cpu or auto"
+            )
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"warmup_steps must lie in [0, steps={self.steps}), got {self.warmup_steps}"
