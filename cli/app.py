@@ -46,6 +46,9 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except MemoryError:
+            _fail("out of memory: the image (or its grid at the model's spacing) is too large "
+                  "for this machine; check the header's voxel sizes", 1)  # fmt: skip
         except (VeloxSegError, ValueError, FileNotFoundError, PermissionError) as e:
             _fail(_one_line(e), 2)
         except Exception as e:
@@ -108,7 +111,8 @@ def segment(
     backend: Backend = "auto",
     precision: Precision = "auto",
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: all cores; with --ray: per worker).")
+        int | None,
+        typer.Option(min=1, help="CPU threads (default: all cores; with --ray: per worker)."),
     ] = None,
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.25,
     blend: Annotated[str, typer.Option(help="constant or gaussian.")] = "constant",
@@ -135,8 +139,8 @@ def segment(
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
-    if not folder and output.exists() and not overwrite:
-        _fail(f"{output} exists; pass --overwrite to replace it", 2)
+    if not folder:
+        _check_outputs_free(input, output, overwrite, save_probabilities, preview)
     if ray or ray_address or workers:
         if not folder:
             _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
@@ -150,6 +154,21 @@ def segment(
         _run_folder(engine, input[0], output, options, overwrite, quiet)
     else:
         _run_case(engine, input, output, options, quiet)
+
+
+def _check_outputs_free(
+    inputs: list[Path], output: Path, overwrite: bool, probabilities: bool, preview: bool
+) -> None:
+    """Refuse, before any work, to write over an input or (without --overwrite) over any file
+    the case would write: the labels, the JSON sidecar, probabilities, preview."""
+    from veloxseg.runtime.segment import check_output, output_paths
+
+    check_output(output, inputs)
+    paths = output_paths(output)
+    wanted = ["labels", "sidecar"] + ["probabilities"] * probabilities + ["preview"] * preview
+    taken = [paths[name] for name in wanted if paths[name].exists()]
+    if taken and not overwrite:
+        _fail(f"{taken[0]} exists; pass --overwrite to replace it", 2)
 
 
 def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int) -> None:
@@ -241,7 +260,7 @@ def demo(
     ),
     backend: Backend = "auto",
     precision: Precision = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     overlap: float = 0.25,
     blend: str = "constant",
     tta: bool = False,
@@ -291,25 +310,39 @@ def export(
     ],
     config: Annotated[str, typer.Option("--config", "-c", help="Config name or JSON file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .onnx file.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    card: Annotated[Path | None, typer.Option(help="JSON with model-card overrides.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (11 to 20).")] = 17,
+    card: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON with model-card overrides (default normalisation: the "
+            "normalization.json beside the checkpoint, if any)."
+        ),
+    ] = None,
     verify: Annotated[bool, typer.Option(help="Check parity in ORT and OpenVINO.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Export a PyTorch checkpoint to ONNX with the ai.veloxseg custom op and a model card."""
     try:
-        from veloxseg.export import ExportMismatchError, export_onnx, load_card_file
+        from veloxseg.export import ExportMismatchError, export_onnx
     except ImportError as e:
         _fail(f"export needs torch: pip install 'veloxseg[export]' ({e})", 2)
-    overrides = load_card_file(card) if card else None
     try:
-        result = export_onnx(
-            checkpoint, config, output, opset=opset, card_overrides=overrides, verify=verify
-        )
+        result = export_onnx(checkpoint, config, output, opset=opset, card_overrides=card,
+                             verify=verify, overwrite=overwrite)  # fmt: skip
     except ExportMismatchError as e:
-        _fail(str(e), 1)
+        _fail(f"{_one_line(e)}; nothing was written", 1)
     typer.echo(f"wrote {result.path} ({result.custom_nodes} ai.veloxseg nodes)")
     for backend, diff in result.max_abs_diff.items():
         typer.echo(f"  {backend}: max |Δlogit| vs PyTorch = {diff:.2e}")
+    if result.normalization_file:
+        typer.echo(f"normalisation from {result.normalization_file} (written by veloxseg train)")
+    if result.placeholder_statistics:
+        err.print(
+            "[yellow]warning:[/] the card carries placeholder CT statistics, not those of your "
+            "training data, so CT is normalised wrongly; re-export with --card FILE.json holding "
+            "a 'normalization' list (e.g. the normalization.json that veloxseg train writes)",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 @app.command()
@@ -339,11 +372,25 @@ def bench(
     model: Annotated[
         Path | None, typer.Option("-m", "--model", help="ONNX model (default: bundled).")
     ] = None,
+    input: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-i",
+            "--input",
+            help="Cut patches from this case (one file per modality, or one 4D NIfTI); "
+            "default: the bundled sample if the model takes CT, PET, else seeded noise.",
+        ),
+    ] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated formats (default: all).")] = "all",
-    threads: Annotated[int, typer.Option(help="Threads for every engine and for PyTorch.")] = 2,
-    iterations: Annotated[int, typer.Option(help="Timed patches per format per round.")] = 10,
+    threads: Annotated[
+        int, typer.Option(min=1, help="Threads for every engine and for PyTorch.")
+    ] = 2,
+    iterations: Annotated[
+        int, typer.Option(min=1, help="Timed patches per format per round.")
+    ] = 10,
     rounds: Annotated[
-        int, typer.Option(help="Round-robin rounds over the formats (ratios: median of rounds).")
+        int,
+        typer.Option(min=1, help="Round-robin rounds over the formats (ratios: median of rounds)."),
     ] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a bar chart PNG.")] = None,
@@ -353,6 +400,7 @@ def bench(
         FORMATS,
         bench_patches,
         cpu_description,
+        eager_note,
         print_results,
         write_json,
         write_plot,
@@ -363,18 +411,20 @@ def bench(
 
         model = bundled_model()
     formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
-    if iterations < 1 or rounds < 1:
-        raise typer.BadParameter("--iterations and --rounds must be at least 1")
-    results = bench_patches(model, [f for f in formats if f], threads, iterations, rounds=rounds)
+    report = bench_patches(
+        model, [f for f in formats if f], threads, iterations, rounds=rounds, inputs=input
+    )
+    if note := eager_note(report):
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console = Console()
     if not console.is_terminal:  # logs and pipes: never truncate the table's columns
         console = Console(width=200)
-    print_results(console, results, threads)
+    print_results(console, report, threads)
     meta = {"model": str(model), "threads": threads, "iterations": iterations, "rounds": rounds}
     if json_out:
-        write_json(json_out, results, meta)
+        write_json(json_out, report, meta)
     if plot:
-        write_plot(plot, results, f"{cpu_description()}, {threads} threads")
+        write_plot(plot, report, f"{cpu_description()}, {threads} threads")
 
 
 def main() -> None:

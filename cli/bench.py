@@ -1,11 +1,15 @@
 """`veloxseg bench`: patch throughput and accuracy of each backend x precision against PyTorch
-eager fp32 of the same weights, measured in the same run on the same threads."""
+eager fp32 of the same weights, measured in the same run on the same threads.
+
+Torch is optional (the edge install has none): without it eager is not run and accuracy is
+against ONNX Runtime fp32, which the table and the JSON say."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,8 @@ from rich.table import Table
 from veloxseg.runtime.autoselect import cpu_info
 from veloxseg.runtime.benchmark import (
     FormatResult,
+    Subject,
+    Timing,
     compare_logits,
     compare_margins,
     engine_subject,
@@ -23,9 +29,22 @@ from veloxseg.runtime.benchmark import (
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
 
-__all__ = ["FORMATS", "bench_patches", "cpu_description", "results_table"]
+__all__ = [
+    "FORMATS",
+    "BenchReport",
+    "PatchSource",
+    "bench_input",
+    "bench_patches",
+    "cpu_description",
+    "eager_note",
+    "results_table",
+]
 
 EAGER = "pytorch-eager-fp32"
+FALLBACK_REFERENCE = "onnxruntime-fp32"  # accuracy reference when eager cannot run
+SAMPLE_MODALITIES = ("CT", "PET")  # those of the bundled sample, in its file order
+SYNTHETIC_SEED = 0
+NO_TORCH = "skipped: torch not installed"
 FORMATS = {  # name: (backend, precision, streams, output); streams 0 = OpenVINO's choice
     "openvino-fp32": ("openvino", "fp32", 1, LOGITS),
     "openvino-bf16": ("openvino", "bf16", 1, LOGITS),
@@ -45,20 +64,28 @@ def cpu_description() -> str:
     return f"{cpu_info()[0]}, {os.cpu_count()} cores"
 
 
-def sample_patches(model: Path, count: int) -> np.ndarray:
-    """``count`` patches of the bundled sample, preprocessed exactly as ``veloxseg segment``
-    does (real anatomy, not noise), so that argmax agreement means something for a trained
-    model."""
-    from veloxseg.assets import sample_case
-    from veloxseg.runtime.model_file import open_model_file
+@dataclass(frozen=True)
+class PatchSource:
+    """Where the bench patches came from: ``kind`` is ``sample``, ``input`` or ``synthetic``."""
+
+    kind: str
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": self.kind, "description": self.description}
+
+
+def case_patches(model: Path, inputs: list[Path], count: int) -> np.ndarray:
+    """``count`` patches of one case (a file per modality, or one 4D file), preprocessed exactly
+    as ``veloxseg segment`` does (real anatomy, not noise), so that argmax agreement means
+    something for a trained model."""
     from veloxseg.runtime.nifti_io import load_case
     from veloxseg.runtime.orientation import to_canonical
     from veloxseg.runtime.segment import to_model_grid
     from veloxseg.runtime.tiling import plan_tiles
 
     card = open_model_file(model).card
-    inputs, _ = sample_case()
-    data, geometry = load_case(inputs, card.in_channels)
+    data, geometry = load_case(inputs, card.in_channels, modality_names=card.modalities)
     canonical, affine, _ = to_canonical(data, geometry.affine)
     volume, _ = to_model_grid(np.ascontiguousarray(canonical), affine, card)
     plan = plan_tiles(volume.shape[1:], card.patch_size, 0.25)
@@ -76,32 +103,82 @@ def sample_patches(model: Path, count: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(patches), dtype=np.float32)
 
 
+def sample_patches(model: Path, count: int) -> np.ndarray:
+    """``count`` patches of the bundled sample (CT, PET) for a model taking those modalities."""
+    from veloxseg.assets import sample_case
+
+    return case_patches(model, sample_case()[0], count)
+
+
+def bench_input(
+    model: Path, count: int, inputs: list[Path] | None = None
+) -> tuple[np.ndarray, PatchSource]:
+    """The bench patches: of ``inputs`` when given, else of the bundled sample when the model
+    takes its modalities (CT, PET), else seeded N(0, 1) noise shaped like normalised input,
+    which times any model but makes argmax agreement a weaker check."""
+    card = open_model_file(model).card
+    if inputs:
+        names = ", ".join(p.name for p in inputs)
+        return case_patches(model, inputs, count), PatchSource("input", f"input case ({names})")
+    if tuple(m.lower() for m in card.modalities) == tuple(m.lower() for m in SAMPLE_MODALITIES):
+        return sample_patches(model, count), PatchSource("sample", "bundled sample (CT, PET)")
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    x = rng.standard_normal((count, card.in_channels, *card.patch_size), dtype=np.float32)
+    why = f"the model's {', '.join(card.modalities)} are not the sample's CT, PET"
+    text = f"synthetic N(0,1) noise, seed {SYNTHETIC_SEED} ({why}; -i for a real case)"
+    return x, PatchSource("synthetic", text)
+
+
+def eager_subject(path: str, threads: int, x: np.ndarray) -> Subject:
+    """PyTorch eager, imported in the timing worker only: the parent never loads torch, and a
+    torch that fails to import fails this row, not the run."""
+    from veloxseg.export.torch_reference import eager_subject as subject
+
+    return subject(path, threads, x)
+
+
+@dataclass
+class BenchReport:
+    """The rows, what their accuracy is measured against, and which patches were timed."""
+
+    results: list[FormatResult]
+    reference: str
+    patches: PatchSource
+
+    @property
+    def eager_ran(self) -> bool:
+        return any(r.format == EAGER and r.status == "ok" for r in self.results)
+
+
 def bench_patches(
     model: Path,
     formats: list[str],
     threads: int,
     iterations: int,
-    patches: int = 2,
+    patches: int = 4,
     rounds: int = 3,
-) -> list[FormatResult]:
+    inputs: list[Path] | None = None,
+) -> BenchReport:
     """One row per format plus PyTorch eager (when torch is installed), each in its own process,
     timed round-robin (``rounds`` x ``iterations`` patches each); × eager is the median over
-    rounds of the ratio within a round.
+    rounds of the ratio within a round. Patches come from ``bench_input``.
 
+    Accuracy is against eager, or ONNX Runtime fp32 logits when eager did not run.
     ``-labels`` formats time the label-margins output; their max |Δ| is against the reference's
     logit margins over class 0, and their agreement is that of the labels.
     """
-    x = sample_patches(model, patches)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    x, source = bench_input(model, patches, inputs)
     has_margins = open_model_file(model).has_margins
     subjects: dict[str, tuple] = {}
     skipped: dict[str, str] = {}
     if importlib.util.find_spec("torch") is not None:
-        from veloxseg.export.torch_reference import eager_subject
-
         subjects[EAGER] = (eager_subject, (str(model), threads, x))
+    else:
+        skipped[EAGER] = NO_TORCH
     for name in formats:
-        if name not in FORMATS:
-            raise ValueError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
         backend, precision, streams, output = FORMATS[name]
         if output == MARGINS and not has_margins:
             skipped[name] = "skipped: no label_margins output"
@@ -110,12 +187,8 @@ def bench_patches(
         subjects[name] = (engine_subject, args)
     timed = time_interleaved(subjects, rounds, iterations)
     eager = timed.get(EAGER)
-    reference = eager[0] if isinstance(eager, tuple) else None
-    if reference is None:  # no torch: the first logits format is the reference
-        reference = next(
-            (t[0] for n, t in timed.items() if isinstance(t, tuple) and FORMATS[n][3] == LOGITS),
-            None,
-        )
+    reference_name = EAGER if isinstance(eager, tuple) else FALLBACK_REFERENCE
+    reference: np.ndarray | None = None
     results = []
     for name in [EAGER, *formats]:
         outcome = timed.get(name, skipped.get(name))
@@ -124,6 +197,8 @@ def bench_patches(
         if isinstance(outcome, str):
             results.append(FormatResult(name, status=outcome))
             continue
+        if reference is None:
+            reference = _reference_outputs(timed, reference_name, model, threads, x)
         outputs, timing = outcome
         output = LOGITS if name == EAGER else FORMATS[name][3]
         compare = compare_margins if output == MARGINS else compare_logits
@@ -142,13 +217,29 @@ def bench_patches(
                 **timing.stats(),
             )
         )
-    return results
+    return BenchReport(results, reference_name, source)
 
 
-def results_table(results: list[FormatResult], title: str) -> Table:
+def _reference_outputs(
+    timed: dict[str, tuple[np.ndarray, Timing] | str],
+    name: str,
+    model: Path,
+    threads: int,
+    x: np.ndarray,
+) -> np.ndarray:
+    """The reference's logits: from its timed row, else (ONNX Runtime fp32 not among the
+    formats, or failed there) computed here."""
+    outcome = timed.get(name)
+    if isinstance(outcome, tuple):
+        return outcome[0]
+    backend, precision, _, _ = FORMATS[name]
+    return engine_subject(str(model), backend, precision, threads, x).outputs
+
+
+def results_table(report: BenchReport, title: str) -> Table:
     """The table: Format | Status | Size MB | max|Δ| | agreement | ms/patch | p90 | patches/s |
-    peak RSS MB | × eager."""
-    table = Table(title=title)
+    peak RSS MB | × eager, titled with the accuracy reference and the patches."""
+    table = Table(title=f"{title}\n{describe(report)}")
     for col in ("Format", "Status", "Size MB", "max|Δ|", "agreement", "ms/patch", "p90 ms",
                 "patches/s", "peak RSS MB", "× eager"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("Format", "Status") else "right")
@@ -156,38 +247,69 @@ def results_table(results: list[FormatResult], title: str) -> Table:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    for r in results:
+    def speedup(r: FormatResult) -> str:
+        if r.ms_median is not None and not report.eager_ran:
+            return "not run"
+        return fmt(r.speedup_vs_eager, ".2f")
+
+    for r in report.results:
         table.add_row(
             r.format, r.status, fmt(r.size_mb, ".2f"), fmt(r.max_abs_diff, ".2e"),
             "-" if r.agreement is None else f"{100 * r.agreement:.3f}%",
             fmt(r.ms_median, ".1f"), fmt(r.ms_p90, ".1f"), fmt(r.patches_per_s, ".2f"),
-            fmt(r.peak_rss_mb, ".0f"), fmt(r.speedup_vs_eager, ".2f"),
+            fmt(r.peak_rss_mb, ".0f"), speedup(r),
         )  # fmt: skip
     return table
 
 
-def write_json(path: Path, results: list[FormatResult], meta: dict) -> None:
-    """Results plus machine and settings, for ``benchmarks/``."""
-    payload = {"machine": cpu_description(), **meta, "results": [r.to_dict() for r in results]}
+def describe(report: BenchReport) -> str:
+    """One line: what max|Δ| and agreement are measured against, on which patches."""
+    return f"accuracy vs {report.reference}; patches: {report.patches.description}"
+
+
+def eager_note(report: BenchReport) -> str | None:
+    """Why PyTorch eager has no timings, and what stands in for it; None when it ran."""
+    if report.eager_ran:
+        return None
+    status = next((r.status for r in report.results if r.format == EAGER), NO_TORCH)
+    why = status
+    if status == NO_TORCH:
+        why = "torch is not installed (pip install 'veloxseg[export]')"
+    return (
+        f"PyTorch eager not run: {why}; max|Δ| and agreement are against {report.reference}, "
+        "and × eager is not measured"
+    )
+
+
+def write_json(path: Path, report: BenchReport, meta: dict) -> None:
+    """Results plus machine, settings, accuracy reference and patch source, for
+    ``benchmarks/``."""
+    payload = {
+        "machine": cpu_description(),
+        **meta,
+        "reference": report.reference,
+        "patches": report.patches.to_dict(),
+        "results": [r.to_dict() for r in report.results],
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def write_plot(path: Path, results: list[FormatResult], title: str) -> None:
+def write_plot(path: Path, report: BenchReport, title: str) -> None:
     """A bar chart of patches/s per format."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = [r for r in results if r.patches_per_s]
+    rows = [r for r in report.results if r.patches_per_s]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh([r.format for r in rows], [r.patches_per_s for r in rows], color="tab:blue")
-    ax.set_xlabel("96^3 patches per second")
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("patches per second")
+    ax.set_title(f"{title}\npatches: {report.patches.kind}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def print_results(console: Console, results: list[FormatResult], threads: int) -> None:
-    console.print(results_table(results, f"{cpu_description()}, {threads} threads"))
+def print_results(console: Console, report: BenchReport, threads: int) -> None:
+    console.print(results_table(report, f"{cpu_description()}, {threads} threads"))

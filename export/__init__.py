@@ -2,6 +2,9 @@
 
 from veloxseg.export.onnx_export import (
     DEFAULT_OPSET,
+    NORMALIZATION_FILE,
+    SUPPORTED_OPSETS,
+    ExportError,
     ExportResult,
     build_card,
     export_onnx,
@@ -11,6 +14,9 @@ from veloxseg.export.verify import ExportMismatchError, verify_export
 
 __all__ = [
     "DEFAULT_OPSET",
+    "NORMALIZATION_FILE",
+    "SUPPORTED_OPSETS",
+    "ExportError",
     "ExportMismatchError",
     "ExportResult",
     "build_card",

@@ -11,8 +11,10 @@ import copy
 import hashlib
 import io
 import json
+import os
 import types
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,32 @@ from veloxseg.model import VeloxSeg, load_checkpoint, resolve_config, seeded_sta
 from veloxseg.model.layers import PatchMerging
 from veloxseg.model.pwa import PairedWindowAttention
 from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
+from veloxseg.runtime.errors import VeloxSegError
+from veloxseg.runtime.nifti_io import atomic_writer
 
-__all__ = ["DEFAULT_OPSET", "ExportResult", "build_card", "export_onnx", "load_card_file"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "NORMALIZATION_FILE",
+    "SUPPORTED_OPSETS",
+    "ExportError",
+    "ExportResult",
+    "build_card",
+    "export_onnx",
+    "load_card_file",
+]
 
 DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(11, 21)
+"""Below 11 torch cannot export the network (3D upsampling, chunks); 20 is the highest that every
+supported torch (>= 2.4) exports. Each one exports and verifies in ONNX Runtime and OpenVINO."""
 IR_VERSION = 10  # function overloads need IR 10
+NORMALIZATION_FILE = "normalization.json"
+"""What ``veloxseg train`` writes beside its checkpoints: card fields measured on its data."""
+_TRAINING_CARD_FIELDS = ("modalities", "normalization", "spacing")
+
+
+class ExportError(VeloxSegError, ValueError):
+    """An export request the user must fix: opset, output path, or card sources."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,10 @@ class ExportResult:
     card: ModelCard
     custom_nodes: int
     max_abs_diff: dict[str, float]
+    normalization_file: Path | None
+    """The training run's ``normalization.json`` that the card's normalisation came from."""
+    placeholder_statistics: bool
+    """The card's CT statistics are the config's placeholders, not measured on training data."""
 
 
 def _sha256(path: Path) -> str:
@@ -179,32 +206,101 @@ def _declare_output_shapes(proto: onnx.ModelProto, cfg: dict[str, Any]) -> None:
         )
 
 
+def _check_output(output: Path, inputs: Iterable[tuple[str, Path]], overwrite: bool) -> None:
+    """Refuse, before any work, an output that is one of the inputs (symlinks and hard links
+    included), a folder, or an existing file without ``overwrite``."""
+    if output.is_dir():
+        raise ExportError(f"output {output} is a folder; pass a file path such as model.onnx")
+    if not output.exists():
+        return
+    for what, path in inputs:
+        if path.exists() and os.path.samefile(path, output):
+            raise ExportError(
+                f"output {output} is the {what} {path}; export never replaces its inputs, "
+                "choose another output path"
+            )
+    if not overwrite:
+        raise ExportError(f"{output} exists; pass --overwrite to replace it")
+
+
+def _with_training_normalization(
+    overrides: dict[str, Any], sidecar: Path | None
+) -> tuple[dict[str, Any], Path | None]:
+    """``overrides`` on top of the training run's modalities, normalisation and spacing from
+    ``sidecar``, used when it exists and the overrides give no normalisation of their own."""
+    if sidecar is None or "normalization" in overrides or not sidecar.is_file():
+        return overrides, None
+    trained = load_card_file(sidecar)
+    if "normalization" not in trained:
+        raise ExportError(f"{sidecar} holds no 'normalization' list; fix or remove it")
+    fields = {k: trained[k] for k in _TRAINING_CARD_FIELDS if k in trained}
+    return {**fields, **overrides}, sidecar
+
+
 def export_onnx(
     checkpoint: str | Path | None,
     config: str | Path | dict[str, Any],
     output: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
-    card_overrides: dict[str, Any] | None = None,
+    card_overrides: dict[str, Any] | str | Path | None = None,
     verify: bool = True,
     seed: int = 0,
     tolerance: float = 1e-3,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export a checkpoint (or, with ``checkpoint=None``, seeded weights) to ``output``.
 
-    With ``verify``, the file is run in ONNX Runtime and OpenVINO (f32) on a random input and
-    compared with PyTorch; a max |Δlogit| above ``tolerance`` raises :class:`ExportMismatchError`
-    (the file is still written, for inspection).
+    ``card_overrides`` (a dict, or a JSON file of them) replace the config's card defaults. When
+    they give no normalisation, a ``normalization.json`` beside the checkpoint (from ``veloxseg
+    train``) supplies it, since the config's CT statistics are only placeholders.
+
+    The file is written beside ``output`` under a temporary name and renamed into place only
+    when complete and, with ``verify``, run in ONNX Runtime and OpenVINO (f32) on a random input
+    and compared with PyTorch: a max |Δlogit| above ``tolerance`` raises
+    :class:`ExportMismatchError` and leaves no file (an existing ``output`` is untouched).
     """
+    output = Path(output)
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start} to "
+            f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
+    sidecar = Path(checkpoint).parent / NORMALIZATION_FILE if checkpoint is not None else None
+    inputs = [
+        (what, Path(path))
+        for what, path in (
+            ("checkpoint", checkpoint),
+            ("card file", card_overrides),
+            ("config file", config),
+            ("training normalisation file", sidecar),
+        )
+        if isinstance(path, str | Path)
+    ]
+    _check_output(output, inputs, overwrite)
+    if isinstance(card_overrides, str | Path):
+        card_overrides = load_card_file(card_overrides)
+    overrides, normalization_file = _with_training_normalization(card_overrides or {}, sidecar)
     name, cfg = resolve_config(config)
     if checkpoint is None:
         model = VeloxSeg(**cfg).eval()
         model.load_state_dict(seeded_state_dict(model, seed))
         sha = None
     else:
-        model = load_checkpoint(checkpoint, cfg)
+        model = load_checkpoint(checkpoint, config)  # by name, so errors can name it
         sha = _sha256(Path(checkpoint))
-    card = build_card(name, cfg, card_overrides, sha)
+    try:
+        card = build_card(name, cfg, overrides, sha)
+    except ValueError as e:
+        if normalization_file is None:
+            raise
+        raise ExportError(
+            f"{e} (normalisation read from {normalization_file} beside the checkpoint; "
+            "pass a card with a 'normalization' list to override it)"
+        ) from e
+    placeholders = "normalization" not in overrides and any(
+        n.scheme == "ct" for n in card.normalization
+    )
     export_model, schemes = _prepare_for_export(model)
     example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
     proto = _trace_to_onnx(export_model, example, opset)
@@ -215,20 +311,26 @@ def export_onnx(
     proto.producer_version = __version__
     onnx.helper.set_model_props(proto, {CARD_KEY: card.to_json()})
     onnx.checker.check_model(proto)
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(proto.SerializeToString())
     diffs: dict[str, float] = {}
-    if verify:
-        from veloxseg.export.verify import verify_export
+    with atomic_writer(output) as staged:
+        staged.write(proto.SerializeToString())
+        staged.flush()
+        if verify:
+            from veloxseg.export.verify import verify_export
 
-        diffs = verify_export(model, output, tolerance=tolerance)
-    return ExportResult(output, card, len(custom_nodes(proto)), diffs)
+            diffs = verify_export(model, Path(staged.name), tolerance=tolerance)
+    return ExportResult(
+        output, card, len(custom_nodes(proto)), diffs, normalization_file, placeholders
+    )
 
 
 def load_card_file(path: str | Path) -> dict[str, Any]:
     """Card overrides from a JSON file (any subset of the card's fields)."""
     try:
-        return json.loads(Path(path).read_text())
+        fields = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read card file {path}: {e}") from e
+    if not isinstance(fields, dict):
+        raise ValueError(f"card file {path} must hold a JSON object of card fields")
+    return fields

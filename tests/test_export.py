@@ -1,20 +1,33 @@
 """Exported files carry ai.veloxseg nodes, pass the checker, run in stock ONNX Runtime and in
-OpenVINO through Engine, and match PyTorch within 1e-3 (reference checkpoint and all configs)."""
+OpenVINO through Engine, and match PyTorch within 1e-3 (reference checkpoint and all configs).
+The export command takes the training run's normalisation, never replaces its inputs or (without
+--overwrite) other files, leaves no file when verification fails, and refuses bad input in one
+line."""
 
 from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
 from veloxseg.cli.app import app
-from veloxseg.export import export_onnx
+from veloxseg.export import NORMALIZATION_FILE, export_onnx
 from veloxseg.model import CONFIG_NAMES, VeloxSeg, get_config, seeded_state_dict
 from veloxseg.runtime import Engine
-from veloxseg.runtime.card import CARD_KEY, ModelCard
+from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
+from veloxseg.runtime.model_file import open_model_file
+from veloxseg.train.trainer import FINAL_CHECKPOINT, TrainConfig, train
 
 # Issue 3's bound. Observed: ~3e-5 (ORT and OpenVINO f32 reorder float32 sums in convs and
 # softmax); a wrong window layout or bias shifts logits by > 0.1.
@@ -25,6 +38,32 @@ def _seeded_torch(name: str) -> VeloxSeg:
     model = VeloxSeg(**get_config(name)).eval()
     model.load_state_dict(seeded_state_dict(model, CONFIG_NAMES.index(name) + 1))
     return model
+
+
+def _seeded_checkpoint(path: Path) -> Path:
+    torch.save(_seeded_torch("autopetii").state_dict(), path)
+    return path
+
+
+def _export(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["export", *map(str, args)])
+
+
+def _one_line(result: Result) -> str:
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory) -> Path:
+    """A real ``veloxseg train`` run folder (stopped at once): checkpoints and its
+    normalization.json with the CT statistics of its phantoms."""
+    run = tmp_path_factory.mktemp("run")
+    shape = (48, 48, 48)
+    config = TrainConfig(run, steps=1, pool_size=1, pool_shape=shape, time_limit_minutes=1e-9)
+    train(config, progress=False)
+    return run
 
 
 @pytest.mark.slow
@@ -115,8 +154,9 @@ def test_export_of_mismatched_checkpoint_exits_2_with_one_line(tmp_path):
         ],
     )
     assert result.exit_code == 2
-    assert "fits config 'autopetii'" in result.output
-    assert "Traceback" not in result.output
+    line = _one_line(result)
+    assert line.index("fits config 'autopetii'") < line.index("[")  # the fix before the details
+    assert all(len(keys.split(", ")) <= 2 for keys in re.findall(r"\[([^]]*)\]", line))
 
 
 def test_patch_merging_as_strided_conv_equals_layernorm_of_stacked_cells():
@@ -132,3 +172,118 @@ def test_patch_merging_as_strided_conv_equals_layernorm_of_stacked_cells():
         expected, got = merge(x), patch_merging_forward(merge, x)
     # Same sums in another order; observed 1.4e-6 at |y| ~ 3. A wrong cell order is off by ~1.
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("given", ["beside the checkpoint", "with --card"])
+def test_export_card_carries_the_training_runs_normalization(training_run, tmp_path, given):
+    checkpoint, card = training_run / FINAL_CHECKPOINT, []
+    if given == "with --card":
+        checkpoint = shutil.copy(checkpoint, tmp_path / "c.pth")
+        card = ["--card", training_run / NORMALIZATION_FILE]
+    output = tmp_path / "m.onnx"
+    result = _export(checkpoint, "-c", "autopetii", "-o", output, "--no-verify", *card)
+    assert result.exit_code == 0, result.output
+    trained = json.loads((training_run / NORMALIZATION_FILE).read_text())
+    card_norms = open_model_file(output).card.normalization
+    assert card_norms == tuple(Normalization(**n) for n in trained["normalization"])
+    assert "placeholder" not in result.output
+    if given == "beside the checkpoint":
+        assert f"normalisation from {training_run / NORMALIZATION_FILE}" in result.output
+
+
+def test_export_without_training_statistics_warns_that_the_card_has_placeholders(tmp_path):
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    result = _export(checkpoint, "-c", "autopetii", "-o", tmp_path / "m.onnx", "--no-verify")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "placeholder CT stat" in line]
+    assert len(warnings) == 1 and "--card" in warnings[0]
+
+
+@pytest.mark.parametrize("alias", ["same path", "symlink", "hard link"])
+def test_export_never_replaces_its_checkpoint_even_with_overwrite(tmp_path, alias):
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    before = checkpoint.read_bytes()
+    output = checkpoint if alias == "same path" else tmp_path / "m.onnx"
+    if alias == "symlink":
+        output.symlink_to(checkpoint)
+    elif alias == "hard link":
+        os.link(checkpoint, output)
+    result = _export(checkpoint, "-c", "autopetii", "-o", output, "--no-verify", "--overwrite")
+    assert result.exit_code == 2
+    assert f"is the checkpoint {checkpoint}" in _one_line(result)
+    assert checkpoint.read_bytes() == before
+
+
+def test_export_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    output = tmp_path / "m.onnx"
+    output.write_text("keep")
+    refused = _export(checkpoint, "-c", "autopetii", "-o", output, "--no-verify")
+    assert refused.exit_code == 2
+    assert "exists; pass --overwrite to replace it" in _one_line(refused)
+    assert output.read_text() == "keep"
+    replaced = _export(checkpoint, "-c", "autopetii", "-o", output, "--no-verify", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert open_model_file(output).card.config_name == "autopetii"
+
+
+@pytest.mark.slow
+def test_export_failing_verification_leaves_no_file_and_keeps_an_existing_one(tmp_path):
+    state = _seeded_torch("autopetii").state_dict()
+    state[next(k for k, v in state.items() if v.ndim > 1)][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old.onnx").write_text("keep")
+    for output in (folder / "new.onnx", folder / "old.onnx"):
+        result = _export(tmp_path / "nan.pth", "-c", "autopetii", "-o", output, "--overwrite")
+        assert result.exit_code == 1
+        assert "max |Δlogit|" in _one_line(result)
+    assert [p.name for p in folder.iterdir()] == ["old.onnx"]  # no temp file either
+    assert (folder / "old.onnx").read_text() == "keep"
+
+
+@pytest.mark.parametrize("opset", [10, 99])
+def test_export_refuses_an_unsupported_opset_with_exit_2(tmp_path, opset):
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    output = tmp_path / "m.onnx"
+    result = _export(checkpoint, "-c", "autopetii", "-o", output, "--opset", str(opset))
+    assert result.exit_code == 2
+    assert f"opset {opset} is not supported; use 11 to 20" in _one_line(result)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello, I am not a nifti\n",  # torch.load: KeyError: 101
+        pickle.dumps({"weights": [1.0, 2.0]}, protocol=4),  # plus a torch warning line
+        pickle.dumps({"weights": [1.0, 2.0]}, protocol=2),  # "Invalid magic number"
+    ],
+    ids=["text", "pickle", "old pickle"],
+)
+def test_export_of_a_file_that_is_not_a_checkpoint_exits_2_naming_it(tmp_path, content):
+    path = tmp_path / "c.pth"
+    path.write_bytes(content)
+    result = _export(path, "-c", "autopetii", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    line = _one_line(result)
+    assert f"{path} is not a VeloxSeg checkpoint that loads with torch.load" in line
+    assert "internal error" not in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_a_pickle_that_would_run_code_in_one_line(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pth")
+    result = _export(tmp_path / "evil.pth", "-c", "autopetii", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    line = _one_line(result)
+    assert "loads with torch.load(weights_only=True): " in line and "GLOBAL" in line
+    assert "could run code" in line and "documentation" not in line
+    assert not marker.exists()
