@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -149,11 +150,12 @@ def segment(
         return
     if not folder:
         _check_headers_first(model, input, max_voxels)
+    start = time.perf_counter()
     engine = _open_engine(model, backend, precision, threads)
     if folder:
         _run_folder(engine, input[0], output, options, overwrite, quiet)
     else:
-        _run_case(engine, input, output, options, quiet)
+        _run_case(engine, input, output, options, quiet, time.perf_counter() - start)
 
 
 def _check_outputs_free(
@@ -182,14 +184,14 @@ def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int
     inspect_case(inputs, card.in_channels, max_voxels=max_voxels, modality_names=card.modalities)
 
 
-def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool):  # type: ignore[no-untyped-def]
+def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool, load: float = 0.0):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     from veloxseg.runtime.segment import segment_case
 
     result = segment_case(engine, inputs, output, replace(options, progress=not quiet))
     if not quiet:
-        print_case_summary(err, result)
+        print_case_summary(err, result, model_load=load)
     return result
 
 
@@ -277,9 +279,11 @@ def demo(
     options = _segment_options(
         overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, preview=True
     )
+    start = time.perf_counter()
     engine = _open_engine(None, backend, precision, threads)
+    load = time.perf_counter() - start
     output.mkdir(parents=True, exist_ok=True)
-    result = _run_case(engine, inputs, output / "sample_seg.nii.gz", options, quiet)
+    result = _run_case(engine, inputs, output / "sample_seg.nii.gz", options, quiet, load)
     predicted = nib.load(result.output).get_fdata() > 0
     reference = nib.load(label_path).get_fdata() > 0
     typer.echo(f"Dice vs sample label: {dice(predicted, reference):.3f}")

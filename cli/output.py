@@ -10,14 +10,16 @@ from rich.table import Table
 __all__ = ["print_case_summary", "print_folder_summary", "print_model_info"]
 
 
-def print_case_summary(console: Console, result) -> None:  # type: ignore[no-untyped-def]
-    """Timings per stage and volume per label of one segmented case."""
+def print_case_summary(console: Console, result, model_load: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+    """Timings per stage (with the model's load and compile, when timed) and volume per label of
+    one segmented case."""
     table = Table(title=f"{result.output.name}", show_header=True)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    for stage, seconds in result.timings.items():
+    timings = {"model": model_load, **result.timings} if model_load else result.timings
+    for stage, seconds in timings.items():
         table.add_row(stage, f"{seconds:.2f}")
-    table.add_row("total", f"{sum(result.timings.values()):.2f}")
+    table.add_row("total", f"{sum(timings.values()):.2f}")
     console.print(table)
     labels = Table(show_header=True)
     for col in ("label", "voxels", "mL"):

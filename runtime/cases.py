@@ -30,7 +30,7 @@ __all__ = [
 
 CaseStatus = Literal["done", "skipped", "failed"]
 
-_NNUNET_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+_NNUNET_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,17 @@ def find_cases(folder: Path, n_modalities: int) -> list[Case]:
     if not folder.is_dir():
         raise InputError(f"input folder {folder} does not exist")
     channels: dict[str, dict[int, Path]] = {}
+    doubled: dict[str, str] = {}  # case -> problem, e.g. both a_0000.nii and a_0000.nii.gz
     for path in sorted(folder.iterdir()):
         match = _NNUNET_NAME.match(path.name)
         if match and path.is_file():
-            channels.setdefault(match["case"], {})[int(match["channel"])] = path
+            files = channels.setdefault(match["case"], {})
+            channel = int(match["channel"])
+            if channel in files:
+                doubled[match["case"]] = f"two files for channel {channel:04d}: " + (
+                    f"{files[channel].name} and {path.name}; keep one"
+                )
+            files[channel] = path
     if not channels:
         raise InputError(
             f"no cases in {folder}: expected nnU-Net names like CASE_0000.nii.gz "
@@ -79,7 +86,9 @@ def find_cases(folder: Path, n_modalities: int) -> list[Case]:
     cases = []
     for case_id, files in sorted(channels.items()):
         wanted = set(range(n_modalities))
-        if set(files) != wanted:
+        if case_id in doubled:
+            cases.append(Case(case_id, (), doubled[case_id]))
+        elif set(files) != wanted:
             missing = sorted(wanted - set(files))
             extra = sorted(set(files) - wanted)
             problem = f"expected channels 0000..{n_modalities - 1:04d}; missing {missing}"

@@ -240,7 +240,7 @@ def _sidecar(
     }
     return {
         "inputs": [str(p) for p in inputs],
-        "output": str(result.output),
+        "output": str(result.output.absolute()),
         "shape": list(geometry.shape),
         "spacing_mm": list(geometry.spacing),
         "labels": per_label,

@@ -321,3 +321,17 @@ def test_unreachable_ray_address_fails_in_seconds_without_output(model, tmp_path
     result = runner.invoke(app, [*args, "--ray-address", "127.0.0.1:1"])
     assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output
     assert time.perf_counter() - start < 30 and not out.exists()
+
+
+def test_folder_finds_upper_case_names_and_fails_a_case_with_two_files_per_channel(model, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for path in _write(cases, "upper", _scan((40, 40, 30)), _ras_affine((40, 40, 30))):
+        path.rename(path.with_name(path.name.upper()))
+    doubled = _write(cases, "twice", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    nib.save(nib.load(doubled[0]), cases / "twice_0000.nii")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", "-i", str(cases), "-o", str(out), "-m", str(model)])
+    assert result.exit_code == 1 and "done 1, skipped 0, failed 1" in result.output
+    assert "two files for channel 0000" in result.output
+    assert (out / "UPPER.nii.gz").exists() and not (out / "twice.nii.gz").exists()
