@@ -1,4 +1,6 @@
-"""A PNG preview: three orthogonal slices through the largest labelled component."""
+"""A PNG preview: axial, coronal and sagittal slices through the largest labelled component,
+shown in RAS order whatever the file's voxel order, so every orientation of a scan previews
+alike."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from veloxseg.runtime.nifti_io import ImageGeometry, atomic_write_bytes
+from veloxseg.runtime.orientation import to_canonical
 
 __all__ = ["preview_centre", "write_preview"]
 
@@ -27,19 +31,22 @@ def preview_centre(labels: np.ndarray) -> tuple[int, int, int]:
 def write_preview(
     labels: np.ndarray, image: np.ndarray, geometry: ImageGeometry, path: Path
 ) -> None:
-    """Write three orthogonal slices of ``image`` with ``labels`` overlaid (both (X, Y, Z), file
-    order), aspect from the voxel size, to ``path``."""
+    """Write axial, coronal and sagittal slices of ``image`` with ``labels`` overlaid (both
+    (X, Y, Z) in file order), turned to RAS, aspect from the voxel size, to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    labels = to_canonical(labels[None], geometry.affine)[0][0]  # views: no copies
+    image, affine, _ = to_canonical(image[None], geometry.affine)
+    image = image[0]
     cx, cy, cz = preview_centre(labels)
-    sx, sy, sz = geometry.spacing
+    sx, sy, sz = voxel_sizes(affine)
     views = [
-        (f"axis 2, slice {cz}", np.s_[:, :, cz], sy / sx),
-        (f"axis 1, slice {cy}", np.s_[:, cy, :], sz / sx),
-        (f"axis 0, slice {cx}", np.s_[cx, :, :], sz / sy),
+        (f"axial {cz}", np.s_[:, :, cz], sy / sx),
+        (f"coronal {cy}", np.s_[:, cy, :], sz / sx),
+        (f"sagittal {cx}", np.s_[cx, :, :], sz / sy),
     ]
     low, high = np.percentile(image, [1, 99])
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))

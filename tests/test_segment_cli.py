@@ -335,3 +335,17 @@ def test_folder_finds_upper_case_names_and_fails_a_case_with_two_files_per_chann
     assert result.exit_code == 1 and "done 1, skipped 0, failed 1" in result.output
     assert "two files for channel 0000" in result.output
     assert (out / "UPPER.nii.gz").exists() and not (out / "twice.nii.gz").exists()
+
+
+def test_preview_is_the_same_picture_in_every_orientation(tmp_path):
+    from veloxseg.runtime.nifti_io import ImageGeometry
+    from veloxseg.runtime.preview import write_preview
+
+    data = _scan((40, 36, 30))
+    data[1] = ndimage.gaussian_filter(data[1], 2) > 1.5  # a "label" that is not symmetric
+    pictures = set()
+    for name, variant, affine in _variants(data):
+        geometry = ImageGeometry(variant.shape[1:], affine, nib.Nifti1Header())
+        write_preview(variant[1].astype(np.uint8), variant[0], geometry, tmp_path / f"{name}.png")
+        pictures.add((tmp_path / f"{name}.png").read_bytes())
+    assert len(pictures) == 1
