@@ -41,11 +41,17 @@ class OpenVINOBackend:
             for result in list(graph.get_results()):  # dropping a Result drops its branch
                 if result.input_value(0).get_names().isdisjoint({options.output}):
                     graph.remove_result(result)
+            # A static batch of one: OpenVINO compiles a dynamic batch to slower kernels (13%
+            # fp32, 18% bf16 per patch here); a larger batch runs one window per call.
+            shape = graph.input(0).get_partial_shape()
+            shape[0] = 1
+            graph.reshape({graph.input(0): shape})
             compiled = core.compile_model(graph, "CPU", config)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"openvino cannot load {model.path}: {first}") from e
         self._compiled = compiled
+        self._window_shape = tuple(compiled.output(0).get_shape())[1:]
         self.parallel_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel_requests):
@@ -54,7 +60,10 @@ class OpenVINOBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()
         try:
-            request.infer({0: batch}, share_inputs=True)
-            return request.get_output_tensor(0).data.copy()
+            out = np.empty((len(batch), *self._window_shape), dtype=np.float32)
+            for i in range(len(batch)):  # the graph's batch is 1
+                request.infer({0: batch[i : i + 1]}, share_inputs=True)
+                out[i] = request.get_output_tensor(0).data[0]
+            return out
         finally:
             self._requests.put(request)
