@@ -30,6 +30,9 @@ def main() -> None:
     for result in list(model.get_results()):
         if output not in result.input_value(0).get_names():
             model.remove_result(result)
+    shape = model.input(0).get_partial_shape()
+    shape[0] = 1  # a static batch, as the engine compiles it
+    model.reshape({model.input(0): shape})
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((1, 2, 96, 96, 96), np.float32)
