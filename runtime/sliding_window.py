@@ -36,10 +36,10 @@ __all__ = ["Output", "PredictBatch", "sliding_window_predict"]
 
 Output = Literal["labels", "probabilities", "logits", "margins"]
 PredictBatch = Callable[[np.ndarray], np.ndarray]
-_WindowResult = tuple[Future[np.ndarray], int]
-"""A window's result: the batch future that computes it and the window's index in that batch."""
 """Maps a ``(B, C, *patch)`` float32 batch to ``(B, n_classes, *patch)`` float32 logits (or
 ``(B, n_classes - 1, *patch)`` margins over class 0)."""
+_WindowResult = tuple[Future[np.ndarray], int]
+"""A window's result: the batch future that computes it and the window's index in that batch."""
 
 _MAX_REUSED = 8  # distinct constant windows whose results are kept for reuse
 
