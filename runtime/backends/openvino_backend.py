@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 
 import numpy as np
@@ -14,6 +15,8 @@ from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 __all__ = ["OpenVINOBackend"]
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
+# InstanceNorms over at least this many positions run on a flat (N, C, D*H*W) view in fp32.
+_FLAT_NORM_MIN_POSITIONS = 4096
 
 
 class OpenVINOBackend:
@@ -46,6 +49,8 @@ class OpenVINOBackend:
             shape = graph.input(0).get_partial_shape()
             shape[0] = 1
             graph.reshape({graph.input(0): shape})
+            if options.precision == "fp32":
+                _flatten_instance_norms(graph)
             compiled = core.compile_model(graph, "CPU", config)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -67,3 +72,33 @@ class OpenVINOBackend:
             return out
         finally:
             self._requests.put(request)
+
+
+def _flatten_instance_norms(graph) -> None:  # type: ignore[no-untyped-def]
+    """Run each large InstanceNorm (an MVN over D, H, W) on a flat ``(N, C, D*H*W)`` view.
+
+    On a channels-last tensor OpenVINO's MVN sums each channel's positions in one sequence per
+    thread. With one thread per stream (throughput mode) that rounding, on a bundled-sample
+    window of 63% clipped CT air, reached 2.1e-3 in the logits against PyTorch (2 threads:
+    4e-4). The flat view gets the planar kernel: 1.1e-4, with no per-patch cost measurable
+    above run-to-run noise (RESULTS.md). bf16 is left alone: its own rounding is far larger.
+    """
+    import openvino.opset13 as ops
+
+    for mvn in graph.get_ordered_ops():
+        if mvn.get_type_name() != "MVN":
+            continue
+        shape, axes = mvn.input_value(0).get_partial_shape(), mvn.input_value(1).get_node()
+        if not shape.is_static or len(shape) != 5 or axes.get_type_name() != "Constant":
+            continue
+        dims = [int(d) for d in shape.to_shape()]
+        if sorted(axes.get_data().tolist()) != [2, 3, 4]:
+            continue
+        if math.prod(dims[2:]) < _FLAT_NORM_MIN_POSITIONS:
+            continue
+        attrs = mvn.get_attributes()
+        flat = ops.reshape(mvn.input_value(0), np.array([*dims[:2], -1]), special_zero=False)
+        norm = ops.mvn(
+            flat, np.array([2]), attrs["normalize_variance"], attrs["eps"], attrs["eps_mode"]
+        )
+        mvn.output(0).replace(ops.reshape(norm, np.array(dims), special_zero=False).output(0))
