@@ -1,6 +1,7 @@
 """Where OpenVINO fp32 departs from ONNX Runtime: every intermediate tensor of one bundled-sample
 patch, in graph order, with its max |Δ| relative to the tensor's max; prints the tensors where the
-relative error first grows, and the logits.
+relative error first grows, and the logits. It compiles the graph as read, without the backend's
+flattened InstanceNorms (`flatten_instance_norms`), so it shows what that rewrite fixes.
 
 Usage: python benchmarks/bisect_openvino_error.py [THREADS]   (1 = one thread per stream)
 """

@@ -12,6 +12,7 @@ import numpy as np
 import openvino as ov
 
 from veloxseg.assets import bundled_model
+from veloxseg.runtime.backends.openvino_backend import flatten_instance_norms
 from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 
 
@@ -33,6 +34,8 @@ def main() -> None:
     shape = model.input(0).get_partial_shape()
     shape[0] = 1  # a static batch, as the engine compiles it
     model.reshape({model.input(0): shape})
+    if precision == "fp32":
+        flatten_instance_norms(model)  # as the engine compiles fp32
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((1, 2, 96, 96, 96), np.float32)

@@ -12,7 +12,7 @@ from veloxseg.runtime.errors import ModelFileError
 from veloxseg.runtime.model_file import ModelFile
 from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 
-__all__ = ["OpenVINOBackend"]
+__all__ = ["OpenVINOBackend", "flatten_instance_norms"]
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 # InstanceNorms over at least this many positions run on a flat (N, C, D*H*W) view in fp32.
@@ -50,7 +50,7 @@ class OpenVINOBackend:
             shape[0] = 1
             graph.reshape({graph.input(0): shape})
             if options.precision == "fp32":
-                _flatten_instance_norms(graph)
+                flatten_instance_norms(graph)
             compiled = core.compile_model(graph, "CPU", config)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -74,7 +74,7 @@ class OpenVINOBackend:
             self._requests.put(request)
 
 
-def _flatten_instance_norms(graph) -> None:  # type: ignore[no-untyped-def]
+def flatten_instance_norms(graph) -> None:  # type: ignore[no-untyped-def]
     """Run each large InstanceNorm (an MVN over D, H, W) on a flat ``(N, C, D*H*W)`` view.
 
     On a channels-last tensor OpenVINO's MVN sums each channel's positions in one sequence per
