@@ -58,6 +58,7 @@ LINEAR_RTOL = 1e-4
 _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
+_MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
 # Header fields that place voxels in space; copied verbatim so outputs land on the input grid.
 _SPATIAL_FIELDS = (
@@ -87,6 +88,15 @@ class ImageGeometry:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the file's X, Y, Z axes (norms of the affine's columns)."""
         return tuple(float(s) for s in voxel_sizes(self.affine))  # type: ignore[return-value]
+
+
+def affine_mm(img: nib.Nifti1Pair) -> np.ndarray:
+    """The voxel-to-world affine in mm. nibabel's affine ignores the header's spatial unit
+    (``xyzt_units``); ITK, and so nnU-Net, convert metres and microns, and so does this."""
+    unit = img.header.get_xyzt_units()[0]
+    affine = np.array(img.affine, dtype=np.float64)
+    affine[:3] *= _MM_PER_UNIT.get(unit, 1.0)  # "mm" and "unknown" are taken as mm
+    return affine
 
 
 def inspect_case(
@@ -126,7 +136,7 @@ def load_case(
         _read_volume(img, c if stacked else None, p, data[c])
     geometry = ImageGeometry(
         shape=spatial[0],
-        affine=images[0].affine,
+        affine=affine_mm(images[0]),
         header=images[0].header.copy(),
         sources=tuple(p.resolve() for p in paths),
     )
@@ -283,7 +293,7 @@ def _check_same_grid(
 ) -> None:
     """All modalities must share shape and (within tolerance) affine: the model sees them
     voxel by voxel, so a mismatch would silently misalign them."""
-    ref = images[0].affine
+    ref = affine_mm(images[0])
     tol_linear = LINEAR_RTOL * voxel_sizes(ref)[np.newaxis, :]
     for img, shape, p in zip(images[1:], spatial[1:], paths[1:], strict=True):
         if shape != spatial[0]:
@@ -291,7 +301,7 @@ def _check_same_grid(
                 f"{p} has shape {shape} but {paths[0]} has {spatial[0]}; all modalities must "
                 "share one voxel grid, so resample them onto one grid first"
             )
-        delta = np.abs(img.affine - ref)
+        delta = np.abs(affine_mm(img) - ref)
         if (delta[:3, :3] > tol_linear).any() or (delta[:3, 3] > TRANSLATION_TOL_MM).any():
             raise InputError(
                 f"{p} is not on the same voxel grid as {paths[0]} (affines differ by up to "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from veloxseg.runtime.resampling import (
     resample_to_shape,
     resample_to_spacing,
 )
-from veloxseg.runtime.tiling import Blend
+from veloxseg.runtime.tiling import Blend, labels_from_margins
 
 __all__ = [
     "CaseResult",
@@ -150,17 +151,33 @@ def _infer_labels(
         tta=options.tta,
         progress=options.progress,
     )
-    if options.save_probabilities:
-        probs = engine.predict_volume(volume, output="probabilities", **kwargs)
-        if resampled:
-            probs = resample_to_shape(probs, canonical_shape, order=1)
-        return np.argmax(probs, axis=0).astype(np.uint8), probs
-    if not resampled:
+    if not options.save_probabilities and not resampled:
         return engine.predict_volume(volume, output="labels", **kwargs), None
+    # Labels come from the same scores whether or not probabilities are saved, so the flag
+    # only adds a file: the labels never change with it, even where bf16 rounding would.
     margins = engine.label_output == MARGINS  # K-1 channels instead of K
     scores = engine.predict_volume(volume, output="margins" if margins else "logits", **kwargs)
-    labels = resample_labels_via_probabilities(scores, canonical_shape, order=1, margins=margins)
-    return labels, None
+    if resampled:
+        labels = resample_labels_via_probabilities(scores, canonical_shape, margins=margins)
+    else:
+        indices = labels_from_margins(scores) if margins else np.argmax(scores, axis=0)
+        labels = indices.astype(np.uint8 if engine.metadata.n_classes <= 256 else np.uint16)
+    if not options.save_probabilities:
+        return labels, None
+    if resampled:  # scores, not probabilities, are resampled, as nnU-Net resamples logits
+        scores = resample_to_shape(scores, canonical_shape, order=1)
+    return labels, _softmax_scores(scores, margins)
+
+
+def _softmax_scores(scores: np.ndarray, margins: bool) -> np.ndarray:
+    """Class probabilities ``(K, ...)``; margins get class 0's score, 0, prepended (softmax
+    ignores a per-voxel shift, so this is the softmax of the logits)."""
+    if margins:
+        scores = np.concatenate([np.zeros_like(scores[:1]), scores])
+    scores -= scores.max(axis=0, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=0, keepdims=True)
+    return scores
 
 
 def segment_case(
@@ -228,7 +245,7 @@ def _sidecar(
     result: CaseResult,
 ) -> dict[str, Any]:
     card = engine.metadata
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0  # sheared grids too
     counts = np.bincount(labels.ravel(), minlength=max(card.label_values) + 1)
     per_label = {
         name: {
@@ -239,8 +256,8 @@ def _sidecar(
         for name, value in zip(card.class_names, card.label_values, strict=True)
     }
     return {
-        "inputs": [str(p) for p in inputs],
-        "output": str(result.output.absolute()),
+        "inputs": [os.path.abspath(p) for p in inputs],
+        "output": os.path.abspath(result.output),
         "shape": list(geometry.shape),
         "spacing_mm": list(geometry.spacing),
         "labels": per_label,

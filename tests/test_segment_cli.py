@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -349,3 +350,54 @@ def test_preview_is_the_same_picture_in_every_orientation(tmp_path):
         write_preview(variant[1].astype(np.uint8), variant[0], geometry, tmp_path / f"{name}.png")
         pictures.add((tmp_path / f"{name}.png").read_bytes())
     assert len(pictures) == 1
+
+
+@pytest.mark.parametrize("spacing", [SPACING, (1.5, 1.5, 4.0)], ids=["model-grid", "resampled"])
+def test_saving_probabilities_adds_a_file_without_changing_the_labels(model, tmp_path, spacing):
+    data = _scan((70, 64, 30), seed=4)
+    inputs = _write(tmp_path, "case", data, np.diag([*spacing, 1.0]))
+    labels = {}
+    for flag in ("", "--save-probabilities"):
+        out = tmp_path / f"seg{flag}.nii.gz"
+        extra = ("--backend", "openvino", "--precision", "bf16", *([flag] if flag else []))
+        assert _segment(model, inputs, out, *extra).exit_code == 0
+        labels[flag] = np.asarray(nib.load(out).dataobj)
+    assert np.array_equal(labels[""], labels["--save-probabilities"])
+    probs = np.asarray(nib.load(tmp_path / "seg--save-probabilities_probabilities.nii.gz").dataobj)
+    assert np.array_equal(probs.argmax(-1), labels[""])
+
+
+def test_header_in_metres_is_read_in_mm_as_itk_does(model, tmp_path):
+    data = _scan(seed=5)
+    affine = _ras_affine(data.shape[1:])
+    in_mm = _write(tmp_path, "mm", data, affine)
+    in_m = []
+    for c, channel in enumerate(data):
+        img = nib.Nifti1Image(channel, affine * np.array([[1e-3], [1e-3], [1e-3], [1]]))
+        img.header.set_xyzt_units(xyz="meter")
+        in_m.append(tmp_path / f"m_{c:04d}.nii.gz")
+        nib.save(img, in_m[-1])
+    assert sitk.ReadImage(str(in_m[0])).GetSpacing() == pytest.approx(SPACING)
+    assert _segment(model, in_mm, tmp_path / "mm.nii.gz").exit_code == 0
+    assert _segment(model, in_m, tmp_path / "m.nii.gz").exit_code == 0
+    seg_m = nib.load(tmp_path / "m.nii.gz")
+    assert np.array_equal(seg_m.affine, nib.load(in_m[0]).affine)  # the header, untouched
+    assert seg_m.header.get_xyzt_units()[0] == "meter"
+    assert np.array_equal(
+        np.asarray(seg_m.dataobj), np.asarray(nib.load(tmp_path / "mm.nii.gz").dataobj)
+    )
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    assert sidecar["spacing_mm"] == pytest.approx(SPACING)
+
+
+def test_sidecar_volume_uses_the_voxel_volume_of_a_sheared_grid(model, tmp_path):
+    data = _scan(seed=6)
+    affine = _ras_affine(data.shape[1:])
+    affine[0, 1] = 0.5 * SPACING[1]  # a shear: column norms overstate the voxel volume
+    inputs = _write(tmp_path, "shear", data, affine)
+    assert _segment(model, inputs, tmp_path / "s.nii.gz").exit_code == 0
+    sidecar = json.loads((tmp_path / "s.json").read_text())
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
+    for entry in sidecar["labels"].values():
+        assert entry["volume_ml"] == pytest.approx(entry["voxels"] * voxel_ml, abs=1e-3)
+    assert all(Path(p).is_absolute() for p in sidecar["inputs"])
