@@ -8,6 +8,7 @@ ops) lets stock ONNX Runtime run the file; the OpenVINO runtime maps the node to
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import io
 import json
@@ -325,6 +326,16 @@ def export_onnx(
     )
 
 
+CARD_FILE_FIELDS = (
+    "modalities",
+    "normalization",
+    "class_names",
+    "label_values",
+    "spacing",
+    "extra",
+)
+
+
 def load_card_file(path: str | Path) -> dict[str, Any]:
     """Card overrides from a JSON file (any subset of the card's fields)."""
     try:
@@ -333,4 +344,12 @@ def load_card_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read card file {path}: {e}") from e
     if not isinstance(fields, dict):
         raise ValueError(f"card file {path} must hold a JSON object of card fields")
+    for key in fields:  # a misspelt key would silently keep the default, e.g. CT statistics
+        if key not in CARD_FILE_FIELDS:
+            close = difflib.get_close_matches(key, CARD_FILE_FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"card file {path} has unknown field {key!r}; {hint}"
+                f"fields: {', '.join(CARD_FILE_FIELDS)}"
+            )
     return fields

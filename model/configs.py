@@ -33,7 +33,8 @@ def get_config(name: str) -> dict[str, Any]:
 def resolve_config(config: str | Path | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Return ``(name, config_dict)`` for a registry name, a JSON file path or a dict.
 
-    A JSON file may hold the config itself or ``{"name": ..., "config": {...}}``.
+    A JSON file may hold the config itself, ``{"name": ..., "config": {...}}``, or upstream's
+    ``config/models_config_*.json`` (configs keyed by model name; its ``VeloxSeg`` entry).
     """
     if isinstance(config, dict):
         return str(config.get("name", "custom")), {k: v for k, v in config.items() if k != "name"}
@@ -48,8 +49,12 @@ def resolve_config(config: str | Path | dict[str, Any]) -> tuple[str, dict[str, 
             raise ValueError(f"config file {path} does not exist") from e
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
         if "config" in raw and isinstance(raw["config"], dict):
             return str(raw.get("name", path.stem)), raw["config"]
+        if isinstance(raw.get("VeloxSeg"), dict):  # upstream's file, keyed by model name
+            return path.stem.removeprefix("models_config_"), raw["VeloxSeg"]
         return path.stem, raw
     raise ValueError(
         f"unknown config {text!r}; give one of {', '.join(CONFIG_NAMES)} or a JSON file"

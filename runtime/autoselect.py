@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from veloxseg.runtime.backends import Backend, BackendOptions, available_backends, create_backend
+from veloxseg.runtime.backends import (
+    Backend,
+    BackendOptions,
+    available_backends,
+    create_backend,
+    require_backend,
+)
 from veloxseg.runtime.model_file import ModelFile
 
 __all__ = ["MIN_AGREEMENT", "cache_path", "choose_format", "cpu_info", "cpu_signature"]
@@ -132,7 +138,14 @@ def choose_format(
     """
     candidates = _candidates(backend, precision)
     if not candidates:
-        raise RuntimeError(f"no runtime available for backend={backend!r} precision={precision!r}")
+        if backend != "auto":
+            require_backend(backend)
+        elif not available_backends():
+            raise ValueError("no runtime is installed: pip install openvino (or onnxruntime)")
+        raise ValueError(
+            f"precision {precision} needs a CPU with native bf16 (AVX512-BF16 or AMX), which "
+            "this one lacks; use --precision fp32 or auto"
+        )
     entries = _read_cache()
     key = _cache_key(model, threads)
     cached = entries.get(key, {}).get(f"{backend}/{precision}")

@@ -98,6 +98,11 @@ def _read(path: Path) -> tuple[onnx.ModelProto, str]:
     try:
         proto = onnx.load_from_string(data)
     except (DecodeError, RuntimeError, ValueError) as e:
+        if path.suffix.lower() in (".pth", ".pt", ".ckpt"):
+            raise ModelFileError(
+                f"{path} looks like a PyTorch checkpoint, not an ONNX model; convert it with "
+                "`veloxseg export CHECKPOINT --config NAME -o model.onnx`"
+            ) from e
         raise ModelFileError(
             f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it with "
             "`veloxseg export`"

@@ -259,7 +259,7 @@ def _sidecar(
         "inputs": [os.path.abspath(p) for p in inputs],
         "output": os.path.abspath(result.output),
         "shape": list(geometry.shape),
-        "spacing_mm": list(geometry.spacing),
+        "spacing_mm": [round(s, 6) for s in geometry.spacing],  # no float32 noise
         "labels": per_label,
         "timings_s": result.timings,
         "backend": engine.backend_name,

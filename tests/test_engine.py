@@ -32,6 +32,13 @@ def test_corrupt_model_file_raises_model_file_error(tmp_path):
         Engine.open(path)
 
 
+def test_pytorch_checkpoint_given_as_model_says_to_export_it(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    path.write_bytes(b"PK\x03\x04 a torch zip archive, not protobuf" * 10)
+    with pytest.raises(ModelFileError, match=r"looks like a PyTorch checkpoint.*veloxseg export"):
+        Engine.open(path)
+
+
 def test_missing_model_file_raises_model_file_error(tmp_path):
     with pytest.raises(ModelFileError, match="does not exist"):
         Engine.open(tmp_path / "nope.onnx")
@@ -181,3 +188,24 @@ def test_openvino_fp32_matches_pytorch_within_1e3_on_air_heavy_sample_windows(st
     )
     for patch, want in zip(patches, expected, strict=True):
         assert np.abs(engine.predict_patches(patch[None])[0] - want).max() <= 1e-3
+
+
+def test_segment_without_the_chosen_runtime_installed_says_what_to_install(tmp_path):
+    from veloxseg.assets import sample_case
+
+    ct, pet = (str(p) for p in sample_case()[0])
+    code = (
+        "import sys; sys.modules['openvino'] = None\n"  # as if openvino were not installed
+        "from veloxseg.cli.app import main\n"
+        "sys.argv = ['veloxseg', 'segment', '-i', sys.argv[1], '-i', sys.argv[2], '-o',"
+        " sys.argv[3], '-q', '--backend', 'openvino']\n"
+        "main()\n"
+    )
+    out = tmp_path / "x.nii.gz"
+    run = subprocess.run([sys.executable, "-c", code, ct, pet, str(out)], capture_output=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.decode().strip() == (
+        "error: the openvino runtime is not installed: pip install openvino, "
+        "or use --backend onnxruntime"
+    )
+    assert not out.exists()

@@ -287,3 +287,14 @@ def test_export_refuses_a_pickle_that_would_run_code_in_one_line(tmp_path):
     assert "loads with torch.load(weights_only=True): " in line and "GLOBAL" in line
     assert "could run code" in line and "documentation" not in line
     assert not marker.exists()
+
+
+def test_export_refuses_a_misspelt_card_field_naming_the_right_one(tmp_path):
+    card = tmp_path / "card.json"
+    card.write_text('{"normalisation": [{"scheme": "zscore"}, {"scheme": "zscore"}]}')
+    output = tmp_path / "m.onnx"
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    result = _export(checkpoint, "-c", "autopetii", "-o", output, "--card", card)
+    assert result.exit_code == 2
+    assert "unknown field 'normalisation'; did you mean 'normalization'?" in _one_line(result)
+    assert not output.exists()

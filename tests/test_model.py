@@ -18,6 +18,7 @@ from veloxseg.model import (
     get_config,
     load_checkpoint,
     read_state_dict,
+    resolve_config,
     seeded_state_dict,
 )
 from veloxseg.model.checkpoint import CheckpointError
@@ -154,3 +155,9 @@ def test_larger_tileable_size_runs():
     with torch.no_grad():
         out = model(torch.zeros(1, 2, 128, 128, 128))
     assert out.shape == (1, 2, 128, 128, 128)
+
+
+def test_upstream_config_file_keyed_by_model_name_gives_its_veloxseg_entry(tmp_path):
+    path = tmp_path / "models_config_hecktor2022.json"
+    path.write_text(json.dumps({"UNet": {"channels": [8]}, "VeloxSeg": get_config("hecktor2022")}))
+    assert resolve_config(path) == ("hecktor2022", get_config("hecktor2022"))

@@ -14,6 +14,7 @@ __all__ = [
     "available_backends",
     "check_precision",
     "create_backend",
+    "require_backend",
 ]
 
 BACKENDS = ("openvino", "onnxruntime")
@@ -37,10 +38,19 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(modules[b]) is not None]
 
 
+def require_backend(name: str) -> None:
+    """Raise ``ValueError`` saying what to install if backend ``name``'s runtime is missing."""
+    found = available_backends()
+    if name not in found:
+        instead = f", or use --backend {found[0]}" if found else ""
+        raise ValueError(f"the {name} runtime is not installed: pip install {name}{instead}")
+
+
 def create_backend(name: str, model, options: BackendOptions) -> Backend:  # type: ignore[no-untyped-def]
     """Instantiate backend ``name`` (``openvino`` or ``onnxruntime``) for a validated model."""
     if name in _PRECISIONS:
         check_precision(name, options.precision)
+        require_backend(name)
     if name == "openvino":
         from veloxseg.runtime.backends.openvino_backend import OpenVINOBackend
 
