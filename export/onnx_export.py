@@ -334,6 +334,7 @@ CARD_FILE_FIELDS = (
     "spacing",
     "extra",
 )
+_PROVENANCE_FIELDS = ("train_seeds",)  # recorded in normalization.json by `veloxseg train`
 
 
 def load_card_file(path: str | Path) -> dict[str, Any]:
@@ -344,8 +345,10 @@ def load_card_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read card file {path}: {e}") from e
     if not isinstance(fields, dict):
         raise ValueError(f"card file {path} must hold a JSON object of card fields")
-    for key in fields:  # a misspelt key would silently keep the default, e.g. CT statistics
-        if key not in CARD_FILE_FIELDS:
+    for key in list(fields):  # a misspelt key would silently keep the default, e.g. CT stats
+        if key in _PROVENANCE_FIELDS:
+            del fields[key]
+        elif key not in CARD_FILE_FIELDS:
             close = difflib.get_close_matches(key, CARD_FILE_FIELDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(
