@@ -58,6 +58,7 @@ LINEAR_RTOL = 1e-4
 _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
+_READ_SLAB_VOXELS = 1 << 22  # voxels per read: bounds the float temporary of scaling to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
 # Header fields that place voxels in space; copied verbatim so outputs land on the input grid.
@@ -212,7 +213,7 @@ def _open(path: Path) -> nib.Nifti1Pair:
         raise InputError(f"input {path} is not a file; pass a .nii or .nii.gz image")
     try:
         with _quiet_nibabel():
-            img = nib.load(path)
+            img = nib.load(path, keep_file_open=True)  # slab reads go on from the last one
     except _READ_ERRORS as e:
         raise InputError(
             f"{path} is not a readable NIfTI image ({_first_line(e)}); pass a .nii or .nii.gz file"
@@ -314,16 +315,23 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
 
     Scaling or the cast to float32 may overflow to Inf; that is refused below like stored Inf,
     so numpy's overflow warning would only add a stray line to the one-line error."""
+    proxy = img.dataobj
+    depth = out.shape[2]
+    step = max(1, _READ_SLAB_VOXELS // max(1, out.shape[0] * out.shape[1]))
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            block = img.dataobj[:, :, :, index] if index is not None else img.dataobj[...]
-            out[...] = np.reshape(block, out.shape)
+            # Slabs of Z slices, in file order: a whole-volume scaled read would first build a
+            # float copy of the volume (float64 for many types) beside `out`.
+            for z in range(0, depth, step):
+                zs = slice(z, min(z + step, depth))
+                block = proxy[:, :, zs, index] if index is not None else proxy[:, :, zs]
+                out[:, :, zs] = np.reshape(block, out[:, :, zs].shape)
     except _READ_ERRORS as e:
         raise InputError(
             f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "
             "or corrupt, re-export or re-download it"
         ) from e
-    n_bad = out.size - int(np.count_nonzero(np.isfinite(out)))
+    n_bad = sum(s.size - int(np.count_nonzero(np.isfinite(s))) for s in out)  # no volume mask
     if n_bad:
         raise InputError(
             f"{path} has {n_bad:,} NaN/Inf voxel(s){'' if index is None else f' in volume {index}'}"

@@ -127,6 +127,21 @@ def test_scaling_is_applied_and_zero_or_nan_slope_means_none(
     np.testing.assert_array_equal(data[0], raw * scale + offset)
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["3D", "4D"])
+def test_volume_read_in_z_slabs_equals_nibabels_scaled_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stacked: bool
+) -> None:
+    monkeypatch.setattr(nifti_io, "_READ_SLAB_VOXELS", 3 * SHAPE[0] * SHAPE[1])  # 3 slabs
+    shape = (*SHAPE, 2) if stacked else SHAPE
+    raw = (np.arange(np.prod(shape)).reshape(shape) % 1000 - 500).astype(np.int16)
+    img = nib.Nifti1Image(raw, AFFINE)
+    img.header.set_slope_inter(0.25, -1024.0)
+    nib.save(img, tmp_path / "x.nii.gz")
+    data, _ = load_case([tmp_path / "x.nii.gz"], 2 if stacked else 1)
+    expected = np.asarray(nib.load(tmp_path / "x.nii.gz").dataobj, dtype=np.float32)
+    np.testing.assert_array_equal(data, np.moveaxis(expected, -1, 0) if stacked else expected[None])
+
+
 def test_affines_equal_within_tolerance_are_accepted(tmp_path: Path) -> None:
     nudged = AFFINE.copy()
     nudged[:3, 3] += 5e-4
