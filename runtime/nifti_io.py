@@ -161,6 +161,7 @@ def _inspect(
             f"got {len(paths)} input file(s) but the model needs {wanted}: pass one file per "
             "modality in that order, or one 4D NIfTI with the modalities on its last axis"
         )
+    _check_distinct(paths, modality_names)
     images = [_open(p) for p in paths]
     spatial = [_check_header(img, p, max_voxels) for img, p in zip(images, paths, strict=True)]
     counts = [_count_volumes(img, p) for img, p in zip(images, paths, strict=True)]
@@ -179,6 +180,19 @@ def _inspect(
     for img, p in zip(images, paths, strict=True):
         _check_data_fits(img, p)
     return images, spatial
+
+
+def _check_distinct(paths: Sequence[Path], names: Sequence[str] | None) -> None:
+    """One file given for two modalities is a slip (e.g. CT twice); the model would run on it."""
+    seen: dict[Path, int] = {}
+    for i, p in enumerate(paths):
+        first = seen.setdefault(p.resolve(), i)
+        if first != i:
+            a, b = (names[first], names[i]) if names else (f"input {first}", f"input {i}")
+            raise InputError(
+                f"{p} is given for both {a} and {b}; pass one file per modality, in the "
+                "model's order (see `veloxseg info`)"
+            )
 
 
 def _describe_modalities(n: int, names: Sequence[str] | None) -> str:

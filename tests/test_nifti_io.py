@@ -204,6 +204,12 @@ def test_wrong_number_of_files_names_modalities(tmp_path: Path) -> None:
     assert "(CT, PET)" in message and "got 3" in message
 
 
+def test_same_file_for_two_modalities_is_refused_naming_both(tmp_path: Path) -> None:
+    path = write(tmp_path / "ct.nii.gz", volume())
+    with pytest.raises(InputError, match=r"ct.nii.gz is given for both CT and PET"):
+        load_case([path, tmp_path / "." / "ct.nii.gz"], 2, modality_names=("CT", "PET"))
+
+
 def test_3d_file_where_a_4d_stack_is_needed(tmp_path: Path) -> None:
     path = write(tmp_path / "a.nii.gz", volume())
     expect_input_error(r"holds 1 volume\(s\) but the model needs 2", [path], 2)
