@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer import rich_utils
 
 from veloxseg.cli.output import print_case_summary, print_folder_summary
 from veloxseg.runtime.errors import VeloxSegError
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+_PIPED_HELP_WIDTH = 120
 
 
 def _fail(message: str, code: int) -> None:
@@ -433,4 +435,8 @@ def bench(
 
 def main() -> None:
     """Console-script entry point."""
+    if not sys.stdout.isatty() and rich_utils.MAX_WIDTH is None:
+        # Piped or redirected help would be cut to 80 columns (option names end in "…");
+        # Typer's own TERMINAL_WIDTH variable still wins when set.
+        rich_utils.MAX_WIDTH = _PIPED_HELP_WIDTH
     sys.exit(app())

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -401,3 +404,12 @@ def test_sidecar_volume_uses_the_voxel_volume_of_a_sheared_grid(model, tmp_path)
     for entry in sidecar["labels"].values():
         assert entry["volume_ml"] == pytest.approx(entry["voxels"] * voxel_ml, abs=1e-3)
     assert all(Path(p).is_absolute() for p in sidecar["inputs"])
+
+
+def test_piped_help_shows_whole_option_names():
+    code = "import sys; from veloxseg.cli.app import main; sys.argv[1:] = ['segment', '--help']"
+    code += "; main()"
+    env = {k: v for k, v in os.environ.items() if k not in ("TERMINAL_WIDTH", "COLUMNS")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0
+    assert "--save-probabilities" in run.stdout and "…" not in run.stdout
