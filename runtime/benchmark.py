@@ -101,7 +101,7 @@ def engine_subject(
     output: str = "logits",
 ) -> Subject:
     """Graph output ``output`` of an engine; outputs computed one patch per call, as sliding
-    windows run (OpenVINO's batch-2 kernels round differently: 1.0e-3 vs 4e-4 max |Δlogit|)."""
+    windows run."""
     from veloxseg.runtime.engine import Engine
 
     engine = Engine.open(
