@@ -8,7 +8,7 @@ Usage: python benchmarks/bisect_openvino_error.py [THREADS]   (1 = one thread pe
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 import onnx
@@ -24,7 +24,9 @@ _WATCHED = ("InstanceNormalization", "Conv", "Erf", "Div", "Mul", "Add")
 
 
 def main() -> None:
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("threads", type=int, nargs="?", default=1, help="1: one per stream")
+    threads = parser.parse_args().threads
     x = sample_patches(bundled_model(), 2)[:1]
     proto = graph_for_output(open_model_file(bundled_model()), "logits")
     order = {n.output[0]: i for i, n in enumerate(proto.graph.node)}

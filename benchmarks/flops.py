@@ -9,6 +9,8 @@ heads. The paper gives 1.66 M parameters and
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -17,6 +19,7 @@ from veloxseg.model.checkpoint import TRAINING_ONLY_PREFIXES
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help
     print("| config | patch | inference params (M) | all params (M) | GFLOPs | GMACs |")
     print("|---|---|---|---|---|---|")
     for name in CONFIG_NAMES:

@@ -4,6 +4,7 @@ present, results/gpu_bench_onnxruntime.json (best batch per GPU mode; CPU format
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help
     cpu = json.loads((RESULTS / "cpu_bench.json").read_text())
     gpu = json.loads((RESULTS / "gpu_bench.json").read_text())
     extra = RESULTS / "gpu_bench_onnxruntime.json"

@@ -5,7 +5,7 @@ Usage: python benchmarks/profile_openvino.py [MODEL] [fp32|bf16] [logits|label_m
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections import defaultdict
 
 import numpy as np
@@ -17,9 +17,12 @@ from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else str(bundled_model())
-    precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
-    output = sys.argv[3] if len(sys.argv) > 3 else "logits"
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", nargs="?", default=str(bundled_model()))
+    parser.add_argument("precision", nargs="?", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("output", nargs="?", default="logits", choices=["logits", "label_margins"])
+    args = parser.parse_args()
+    path, precision, output = args.model, args.precision, args.output
     core = ov.Core()
     core.add_extension(pwa_conversion_extension())
     config = {

@@ -123,7 +123,9 @@ def segment(
     batch_size: Annotated[int, typer.Option(help="Windows per inference call.")] = 1,
     save_probabilities: Annotated[bool, typer.Option(help="Also write probabilities.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or summary (failures still shown).")
+    ] = False,
     preview: Annotated[bool, typer.Option(help="Write a PNG preview beside the output.")] = False,
     max_voxels: Annotated[
         int, typer.Option(min=1, help="Refuse inputs with more voxels (checked from the header).")

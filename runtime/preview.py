@@ -49,7 +49,7 @@ def write_preview(
         (f"sagittal {cx}", np.s_[cx, :, :], sz / sy),
     ]
     low, high = np.percentile(image, [1, 99])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5), layout="constrained")  # titles fit
     vmax = max(int(labels.max()), 1)
     for ax, (title, index, aspect) in zip(axes, views, strict=True):
         shown = np.ma.masked_equal(labels[index].T, 0)
@@ -57,7 +57,6 @@ def write_preview(
         ax.imshow(shown, cmap="autumn", vmin=0, vmax=vmax, alpha=0.6, origin="lower", aspect=aspect)
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
