@@ -161,7 +161,6 @@ def _inspect(
             f"got {len(paths)} input file(s) but the model needs {wanted}: pass one file per "
             "modality in that order, or one 4D NIfTI with the modalities on its last axis"
         )
-    _check_distinct(paths, modality_names)
     images = [_open(p) for p in paths]
     spatial = [_check_header(img, p, max_voxels) for img, p in zip(images, paths, strict=True)]
     counts = [_count_volumes(img, p) for img, p in zip(images, paths, strict=True)]
@@ -179,6 +178,7 @@ def _inspect(
     _check_same_grid(images, spatial, paths)
     for img, p in zip(images, paths, strict=True):
         _check_data_fits(img, p)
+    _check_distinct(paths, modality_names)  # after each file's own checks: those say more
     return images, spatial
 
 

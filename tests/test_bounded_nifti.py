@@ -158,11 +158,12 @@ def test_header_declaring_more_data_than_the_file_holds_is_refused_before_alloca
 
 def test_file_cut_short_is_refused(one_engine: None, tmp_path: Path) -> None:
     for suffix in (".nii", ".nii.gz"):
-        path = tmp_path / f"cut{suffix}"
-        _raw(path, SHAPE, np.float32, _bytes(0, np.float32))
-        path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+        paths = [tmp_path / f"cut_{c:04d}{suffix}" for c in range(2)]
+        for c, path in enumerate(paths):
+            _raw(path, SHAPE, np.float32, _bytes(c, np.float32))
+            path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
         out = tmp_path / "seg.nii.gz"
-        _refused(_segment([path, path], out), out, "truncated or corrupt")
+        _refused(_segment(paths, out), out, "truncated or corrupt")
 
 
 def test_zero_nan_or_infinite_slope_means_unscaled(one_engine: None, tmp_path: Path) -> None:
