@@ -35,7 +35,9 @@ import numpy as np
 from nibabel import imageglobals
 from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import apply_read_scaling, array_from_file
 
 from veloxseg.runtime.errors import InputError
 
@@ -227,7 +229,7 @@ def _open(path: Path) -> nib.Nifti1Pair:
         raise InputError(f"input {path} is not a file; pass a .nii or .nii.gz image")
     try:
         with _quiet_nibabel():
-            img = nib.load(path, keep_file_open=True)  # slab reads go on from the last one
+            img = nib.load(path)
     except _READ_ERRORS as e:
         raise InputError(
             f"{path} is not a readable NIfTI image ({_first_line(e)}); pass a .nii or .nii.gz file"
@@ -325,21 +327,29 @@ def _check_same_grid(
 
 
 def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.ndarray) -> None:
-    """Read one scaled volume into ``out`` (X, Y, Z) float32; refuse truncation and NaN/Inf.
+    """Read one scaled volume into ``out`` (X, Y, Z) float32; refuse truncation, a damaged
+    gzip stream and NaN/Inf.
 
     Scaling or the cast to float32 may overflow to Inf; that is refused below like stored Inf,
     so numpy's overflow warning would only add a stray line to the one-line error."""
-    proxy = img.dataobj
-    depth = out.shape[2]
-    step = max(1, _READ_SLAB_VOXELS // max(1, out.shape[0] * out.shape[1]))
+    proxy = img.dataobj  # its offset, dtype and scaling as nibabel resolved them
+    dtype, slope, inter = proxy.dtype, proxy.slope, proxy.inter
+    nx, ny, nz = out.shape
+    offset = proxy.offset + (index or 0) * nx * ny * nz * dtype.itemsize
+    step = max(1, _READ_SLAB_VOXELS // max(1, nx * ny))
+    last = index is None or index == _count_volumes(img, path) - 1
     try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            # Slabs of Z slices, in file order: a whole-volume scaled read would first build a
-            # float copy of the volume (float64 for many types) beside `out`.
-            for z in range(0, depth, step):
-                zs = slice(z, min(z + step, depth))
-                block = proxy[:, :, zs, index] if index is not None else proxy[:, :, zs]
-                out[:, :, zs] = np.reshape(block, out[:, :, zs].shape)
+        with np.errstate(over="ignore", invalid="ignore"), ImageOpener(img.get_filename()) as f:
+            # Z slabs in file order from one stream: a whole-volume scaled read would first
+            # build a float copy of the volume (float64 for many types) beside `out`.
+            for z in range(0, nz, step):
+                k = min(step, nz - z)
+                block = array_from_file(
+                    (nx, ny, k), dtype, f, offset + z * nx * ny * dtype.itemsize, mmap=False
+                )
+                out[:, :, z : z + k] = apply_read_scaling(block, slope, inter)
+            if last:
+                f.read()  # to the end: a gzip stream checks its CRC there (nibabel stops short)
     except _READ_ERRORS as e:
         raise InputError(
             f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "

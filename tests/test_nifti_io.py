@@ -450,3 +450,14 @@ def test_nifti2_input_gives_nifti2_output(tmp_path: Path) -> None:
     saved = nib.load(tmp_path / "seg.nii.gz")
     assert isinstance(saved, nib.Nifti2Image)
     np.testing.assert_array_equal(saved.affine, nib.load(src).affine)
+
+
+def test_gzip_stream_damaged_mid_file_is_refused_by_its_crc(tmp_path: Path) -> None:
+    from veloxseg.assets import sample_case
+
+    damaged = bytearray(sample_case()[0][1].read_bytes())  # PET; this damage still inflates
+    damaged[600000:600100] = bytes(100)
+    path = tmp_path / "pet.nii.gz"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_case([path], 1)
