@@ -26,6 +26,7 @@ import secrets
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +53,7 @@ __all__ = [
     "load_case",
     "save_labels",
     "save_probabilities",
+    "staged_outputs",
 ]
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
@@ -60,6 +62,7 @@ LINEAR_RTOL = 1e-4
 _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
+_STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
 _READ_SLAB_VOXELS = 1 << 22  # voxels per read: bounds the float temporary of scaling to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
@@ -385,13 +388,43 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            raise InputError(f"cannot write {path} ({e.strerror}); check it is writable") from e
+        staged = _STAGED.get()
+        if staged is not None:
+            staged.append((tmp, path))  # renamed with the others when the stage succeeds
+        else:
+            _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_outputs() -> Iterator[None]:
+    """Atomic writes inside this block keep their temp files, and all are renamed to their
+    final names, in order, only when the block succeeds (on any error all are removed): a case's
+    outputs appear together or not at all."""
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+        for _, path in staged:  # what would stop a rename half-way, checked before the first
+            if path.is_dir():
+                raise InputError(f"cannot write {path}: a folder has that name; remove it")
+        while staged:
+            tmp, path = staged[0]
+            _replace(tmp, path)
+            staged.pop(0)
+    finally:
+        _STAGED.reset(token)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"cannot write {path} ({e.strerror}); check it is writable") from e
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -31,6 +31,7 @@ from veloxseg.runtime.nifti_io import (
     load_case,
     save_labels,
     save_probabilities,
+    staged_outputs,
 )
 from veloxseg.runtime.normalization import normalize
 from veloxseg.runtime.orientation import from_canonical, to_canonical
@@ -103,12 +104,19 @@ class _Stopwatch:
 
 
 def check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output path that is not a NIfTI name or that is one of the inputs."""
+    """Refuse an output path that is not a NIfTI name, or any file the case may write (labels,
+    sidecar, preview, probabilities) that is one of the inputs."""
+    if output.is_dir():
+        raise InputError(
+            f"output {output} is a folder; name the file for one case (e.g. {output}/CASE.nii.gz)"
+            ", or pass a folder of cases as -i"
+        )
     if not (output.name.endswith(".nii.gz") or output.suffix == ".nii"):
         raise InputError(f"output {output} must end in .nii.gz or .nii")
-    resolved = output.resolve()
-    if any(resolved == Path(p).resolve() for p in inputs):
-        raise InputError(f"output {output} is one of the inputs; choose another output path")
+    sources = {Path(p).resolve() for p in inputs}
+    for path in output_paths(output).values():
+        if path.resolve() in sources:
+            raise InputError(f"output {path} would overwrite an input; choose another output path")
 
 
 def to_model_grid(
@@ -220,20 +228,22 @@ def segment_case(
         )
     paths = output_paths(output)
     result = CaseResult(output=output, sidecar=paths["sidecar"])
-    with clock.stage("save"):
-        save_labels(labels, geometry, paths["labels"], inputs=inputs)
-        if probs is not None:
-            probs = np.ascontiguousarray(from_canonical(probs, reorientation))
-            save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
-            result.probabilities = paths["probabilities"]
-        if background is not None:
-            from veloxseg.runtime.preview import write_preview
+    with staged_outputs():  # all outputs appear together (renamed at the end), sidecar last
+        with clock.stage("save"):
+            save_labels(labels, geometry, paths["labels"], inputs=inputs)
+            if probs is not None:
+                probs = np.ascontiguousarray(from_canonical(probs, reorientation))
+                save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
+                result.probabilities = paths["probabilities"]
+            if background is not None:
+                from veloxseg.runtime.preview import write_preview
 
-            write_preview(labels, background, geometry, paths["preview"])
-            result.preview = paths["preview"]
-    result.timings = clock.timings
-    result.summary = _sidecar(engine, labels, geometry, inputs, result)
-    atomic_write_bytes(paths["sidecar"], (json.dumps(result.summary, indent=2) + "\n").encode())
+                write_preview(labels, background, geometry, paths["preview"])
+                result.preview = paths["preview"]
+        result.timings = clock.timings
+        result.summary = _sidecar(engine, labels, geometry, inputs, result)
+        sidecar = (json.dumps(result.summary, indent=2) + "\n").encode()
+        atomic_write_bytes(paths["sidecar"], sidecar)
     return result
 
 

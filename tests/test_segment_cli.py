@@ -413,3 +413,28 @@ def test_piped_help_shows_whole_option_names():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0
     assert "--save-probabilities" in run.stdout and "…" not in run.stdout
+
+
+def test_outputs_appear_together_or_not_at_all(model, tmp_path):
+    inputs = _write(tmp_path, "case", _scan(seed=7), _ras_affine((60, 50, 40)))
+    (tmp_path / "seg_probabilities.nii.gz").mkdir()  # the probabilities file cannot be written
+    result = _segment(model, inputs, tmp_path / "seg.nii.gz", "--save-probabilities", "--overwrite")
+    assert result.exit_code == 2, result.output
+    left = {p.name for p in tmp_path.iterdir()} - {p.name for p in inputs}
+    assert left == {"seg_probabilities.nii.gz"}  # no labels, no sidecar, no temp files
+
+
+def test_an_input_named_like_an_extra_output_is_refused_before_any_work(model, tmp_path):
+    inputs = _write(tmp_path, "case", _scan(seed=8), _ras_affine((60, 50, 40)))
+    renamed = inputs[1].rename(tmp_path / "seg_probabilities.nii.gz")
+    result = _segment(model, [inputs[0], renamed], tmp_path / "seg.nii.gz", "--save-probabilities",
+                      "--overwrite")  # fmt: skip
+    assert result.exit_code == 2 and "would overwrite an input" in result.output
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_existing_folder_as_single_case_output_says_to_name_a_file(model, tmp_path):
+    inputs = _write(tmp_path, "case", _scan(seed=9), _ras_affine((60, 50, 40)))
+    (tmp_path / "out").mkdir()
+    result = _segment(model, inputs, tmp_path / "out")
+    assert result.exit_code == 2 and "is a folder; name the file for one case" in result.output
