@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,28 @@ app = typer.Typer(
     help="Fast CPU inference for VeloxSeg 3D segmentation models.",
 )
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from veloxseg import __version__
+
+        typer.echo(f"veloxseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Fast CPU inference for VeloxSeg 3D segmentation models."""
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 _PIPED_HELP_WIDTH = 120
 
@@ -54,6 +77,9 @@ def friendly_errors(fn: F) -> F:
                   "for this machine; check the header's voxel sizes", 1)  # fmt: skip
         except (VeloxSegError, ValueError, FileNotFoundError, PermissionError) as e:
             _fail(_one_line(e), 2)
+        except OSError as e:  # the machine's, not ours: disk full, name too long, I/O error
+            where = f" ({e.filename})" if e.filename else ""
+            _fail(f"{e.strerror or _one_line(e)}{where}; free space or fix the path and retry", 2)
         except Exception as e:
             if os.environ.get("VELOXSEG_DEBUG"):
                 raise
@@ -144,6 +170,12 @@ def segment(
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
+    cores = os.cpu_count() or 1
+    if threads and threads > cores and not (ray or ray_address or workers):
+        if not quiet:
+            err.print(f"note: --threads {threads} is more than this machine's {cores} cores; "
+                      f"using {cores}", highlight=False)  # fmt: skip
+        threads = cores  # more only oversubscribes: 64 threads ran 9x slower on 2 cores
     if not folder:
         _check_outputs_free(input, output, overwrite, save_probabilities, preview)
     if ray or ray_address or workers:
@@ -435,8 +467,14 @@ def bench(
         write_plot(plot, report, f"{cpu_description()}, {threads} threads")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (Slurm, ``timeout``, ``docker stop``) unwinds like Ctrl-C, so temp files go."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminated)
     if not sys.stdout.isatty() and rich_utils.MAX_WIDTH is None:
         # Piped or redirected help would be cut to 80 columns (option names end in "…");
         # Typer's own TERMINAL_WIDTH variable still wins when set.

@@ -74,10 +74,15 @@ def _cache_key(model: ModelFile, threads: int) -> str:
 
 
 def _read_cache() -> dict:
+    """The cached choices; a missing, unreadable or malformed cache counts as empty (and is
+    rewritten on the next choice)."""
     try:
-        return json.loads(cache_path().read_text())
+        entries = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict)}
 
 
 def _write_cache(entries: dict) -> None:

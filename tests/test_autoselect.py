@@ -45,3 +45,11 @@ def test_auto_precision_with_fixed_backend_stays_on_that_backend(exported, cache
 def test_unknown_backend_name_raises_value_error(exported):
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         Engine.open(exported("autopetii"), backend="tensorrt")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("content", ["null", "[1, 2]", '{"key": 3}'])
+def test_cache_of_the_wrong_shape_is_recalibrated_and_rewritten(exported, cache, content):
+    cache.write_text(content)
+    engine = Engine.open(exported("autopetii"), threads=2)
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["auto/auto"] == [engine.backend_name, engine.precision]

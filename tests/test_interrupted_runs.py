@@ -123,3 +123,19 @@ def test_two_runs_over_one_output_folder_do_not_corrupt_each_other(
     assert _assert_intact(out, reference) == N_CASES
     assert {p.name for p in _visible(out) if p.name.endswith(".nii.gz")} == set(reference)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_sigterm_while_writing_exits_143_and_removes_its_temp_files(
+    cases: Path, reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    process = _start(cases, out)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not _moment("while writing a temp file", out, process.pid,
+                                                  set(), 0):  # fmt: skip
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)  # as Slurm, `timeout` and `docker stop` send
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    _assert_intact(out, reference)

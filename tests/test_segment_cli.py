@@ -438,3 +438,10 @@ def test_existing_folder_as_single_case_output_says_to_name_a_file(model, tmp_pa
     (tmp_path / "out").mkdir()
     result = _segment(model, inputs, tmp_path / "out")
     assert result.exit_code == 2 and "is a folder; name the file for one case" in result.output
+
+
+def test_output_name_too_long_for_the_file_system_is_one_line_exit_2(model, tmp_path):
+    inputs = _write(tmp_path, "case", _scan(seed=10), _ras_affine((60, 50, 40)))
+    result = _segment(model, inputs, tmp_path / ("x" * 300) / "seg.nii.gz")
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "internal error" not in result.output
