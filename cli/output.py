@@ -35,13 +35,16 @@ def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-u
         f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
     )
     for case_id, reason in report.failed.items():
-        console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False)
+        # one line per failure even when piped, so that logs can be grepped
+        console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False, soft_wrap=True)
 
 
 def print_model_info(console: Console, model) -> None:  # type: ignore[no-untyped-def]
     """The card, operator counts, file size and graph inputs/outputs of a model file."""
     card = model.card
     table = Table(title=str(model.path), show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")  # hashes wrap whole at any width, never cut
     rows = {
         "config": card.config_name,
         "modalities": ", ".join(card.modalities),

@@ -209,3 +209,16 @@ def test_segment_without_the_chosen_runtime_installed_says_what_to_install(tmp_p
         "or use --backend onnxruntime"
     )
     assert not out.exists()
+
+
+def test_info_prints_whole_hashes_at_80_columns():
+    from typer.testing import CliRunner
+
+    from veloxseg.assets import bundled_model
+    from veloxseg.cli.app import app
+    from veloxseg.runtime.model_file import open_model_file
+
+    result = CliRunner().invoke(app, ["info", str(bundled_model())], terminal_width=80)
+    assert result.exit_code == 0
+    text = "".join(ch for ch in result.output if ch.isalnum())
+    assert open_model_file(bundled_model()).sha256 in text
