@@ -30,7 +30,19 @@ def print_case_summary(console: Console, result, model_load: float = 0.0) -> Non
 
 
 def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-untyped-def]
-    """Counts of done, skipped and failed cases, with each failure's reason."""
+    """Seconds per stage over the cases done (total and per case), then counts of done,
+    skipped and failed cases, with each failure's reason."""
+    if report.results:
+        stages: Counter[str] = Counter()
+        for result in report.results.values():
+            stages.update(result.timings)
+        n = len(report.results)
+        table = Table(title=f"{n} case{'s' * (n != 1)} segmented", show_header=True)
+        for col in ("stage", "seconds", "per case"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for stage, seconds in [*stages.items(), ("total", sum(stages.values()))]:
+            table.add_row(stage, f"{seconds:.2f}", f"{seconds / n:.2f}")
+        console.print(table)
     console.print(
         f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
     )

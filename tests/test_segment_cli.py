@@ -445,3 +445,14 @@ def test_output_name_too_long_for_the_file_system_is_one_line_exit_2(model, tmp_
     result = _segment(model, inputs, tmp_path / ("x" * 300) / "seg.nii.gz")
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and "internal error" not in result.output
+
+
+def test_folder_run_ends_with_seconds_per_stage(model, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _write(cases, "a", _scan(seed=11), _ras_affine((60, 50, 40)))
+    args = ["segment", "-m", str(model), "-i", str(cases), "-o", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert "1 case segmented" in result.output and "inference" in result.output
+    assert "done 1, skipped 0, failed 0" in result.output
