@@ -118,6 +118,10 @@ def _segment_options(**kwargs: Any):  # type: ignore[no-untyped-def]
 
     if kwargs["blend"] not in ("constant", "gaussian"):
         raise ValueError(f"--blend must be constant or gaussian, got {kwargs['blend']!r}")
+    if not 0.0 <= kwargs["overlap"] < 1.0:  # here, not after the model's compile
+        raise ValueError(f"--overlap must be in [0, 1), got {kwargs['overlap']!r}")
+    if kwargs["batch_size"] < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {kwargs['batch_size']}")
     return SegmentOptions(**kwargs)
 
 

@@ -456,3 +456,11 @@ def test_folder_run_ends_with_seconds_per_stage(model, tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 case segmented" in result.output and "inference" in result.output
     assert "done 1, skipped 0, failed 0" in result.output
+
+
+@pytest.mark.parametrize(("option", "value"), [("--overlap", "1.0"), ("--batch-size", "0")])
+def test_bad_window_options_are_refused_before_the_model_loads(tmp_path, option, value):
+    model = tmp_path / "never_read.onnx"  # not there: an error about it would mean it was opened
+    inputs = _write(tmp_path, "case", _scan(seed=12), _ras_affine((60, 50, 40)))
+    result = _segment(model, inputs, tmp_path / "seg.nii.gz", option, value)
+    assert result.exit_code == 2 and f"{option} must be" in result.output
