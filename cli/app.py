@@ -230,7 +230,11 @@ def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool, lo
     from veloxseg.runtime.segment import segment_case
 
     result = segment_case(engine, inputs, output, replace(options, progress=not quiet))
-    if not quiet:
+    if not quiet:  # --quiet, as TotalSegmentator's: warnings stay in the sidecar
+        for warning in result.warnings:
+            err.print(
+                f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True
+            )
         print_case_summary(err, result, model_load=load)
     return result
 

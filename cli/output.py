@@ -46,6 +46,10 @@ def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-u
     console.print(
         f"done {len(report.done)}, skipped {len(report.skipped)}, failed {len(report.failed)}"
     )
+    for case_id, result in report.results.items():
+        for warning in result.warnings:
+            console.print(f"  [yellow]warning[/] {case_id}: {warning}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
     for case_id, reason in report.failed.items():
         # one line per failure even when piped, so that logs can be grepped
         console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False, soft_wrap=True)

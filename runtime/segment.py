@@ -48,6 +48,7 @@ __all__ = [
     "CaseResult",
     "SegmentOptions",
     "check_output",
+    "input_warnings",
     "output_paths",
     "segment_case",
     "to_model_grid",
@@ -78,6 +79,7 @@ class CaseResult:
     preview: Path | None = None
     probabilities: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def output_paths(output: Path) -> dict[str, Path]:
@@ -137,6 +139,22 @@ def to_model_grid(
     if same:
         return data, False
     return resample_to_spacing(data, spacing, target, order=1), True
+
+
+def input_warnings(data: np.ndarray, card: ModelCard) -> list[str]:
+    """Signs that a case is not what the card expects, that still let it run: a CT channel
+    without negative values is not in HU (air is -1000), as when modalities are swapped or
+    integer CT lost its ``scl_inter`` of -1024, and the result would be meaningless."""
+    found = []
+    for name, scheme, channel in zip(card.modalities, card.normalization, data, strict=True):
+        low = float(channel.min())
+        if scheme.scheme == "ct" and low >= 0:
+            found.append(
+                f"{name} has no negative values (min {low:g}), so it is not in Hounsfield units; "
+                "check the modality order (`veloxseg info`) and that the file's scl_inter "
+                "(usually -1024) is set"
+            )
+    return found
 
 
 def _map_labels(indices: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
@@ -212,6 +230,7 @@ def segment_case(
         data, geometry = load_case(
             inputs, card.in_channels, max_voxels=options.max_voxels, modality_names=card.modalities
         )
+    warnings = input_warnings(data, card)
     background = data[0].copy() if options.preview else None
     with clock.stage("preprocess"):
         canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
@@ -227,7 +246,7 @@ def segment_case(
             from_canonical(_map_labels(indices, card.label_values), reorientation)
         )
     paths = output_paths(output)
-    result = CaseResult(output=output, sidecar=paths["sidecar"])
+    result = CaseResult(output=output, sidecar=paths["sidecar"], warnings=warnings)
     with staged_outputs():  # all outputs appear together (renamed at the end), sidecar last
         with clock.stage("save"):
             save_labels(labels, geometry, paths["labels"], inputs=inputs)
@@ -276,4 +295,5 @@ def _sidecar(
         "precision": engine.precision,
         "model_sha256": engine.model.sha256,
         "model_config": card.config_name,
+        "warnings": result.warnings,
     }

@@ -464,3 +464,14 @@ def test_bad_window_options_are_refused_before_the_model_loads(tmp_path, option,
     inputs = _write(tmp_path, "case", _scan(seed=12), _ras_affine((60, 50, 40)))
     result = _segment(model, inputs, tmp_path / "seg.nii.gz", option, value)
     assert result.exit_code == 2 and f"{option} must be" in result.output
+
+
+def test_swapped_modalities_warn_that_ct_is_not_in_hounsfield_units(model, tmp_path):
+    ct, pet = _write(tmp_path, "case", _scan(seed=13), _ras_affine((60, 50, 40)))
+    for order, name in (([ct, pet], "right"), ([pet, ct], "swapped")):
+        args = ["segment", "-m", str(model), "-o", str(tmp_path / f"{name}.nii.gz")]
+        result = runner.invoke(app, [*args, "-i", str(order[0]), "-i", str(order[1])])
+        assert result.exit_code == 0, result.output
+        warned = "is not in Hounsfield units" in result.output
+        assert warned == (name == "swapped")
+        assert bool(json.loads((tmp_path / f"{name}.json").read_text())["warnings"]) == warned
