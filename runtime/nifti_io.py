@@ -377,13 +377,13 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
-    except OSError as e:
-        raise InputError(
-            f"cannot write {path} ({e.strerror}); check the folder exists and is writable"
-        ) from e
-    try:
+    try:  # from before the temp exists: a signal right after its creation still removes it
+        try:
+            handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
+        except OSError as e:
+            raise InputError(
+                f"cannot write {path} ({e.strerror}); check the folder exists and is writable"
+            ) from e
         with handle:
             yield handle
             handle.flush()
@@ -415,9 +415,9 @@ def staged_outputs() -> Iterator[None]:
             _replace(tmp, path)
             staged.pop(0)
     finally:
-        _STAGED.reset(token)
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        _STAGED.reset(token)
 
 
 def _replace(tmp: Path, path: Path) -> None:
