@@ -42,6 +42,7 @@ from veloxseg.runtime.resampling import (
     resample_to_shape,
     resample_to_spacing,
 )
+from veloxseg.runtime.sliding_window import softmax_inplace
 from veloxseg.runtime.tiling import Blend, labels_from_margins
 
 __all__ = [
@@ -200,9 +201,7 @@ def _softmax_scores(scores: np.ndarray, margins: bool) -> np.ndarray:
     ignores a per-voxel shift, so this is the softmax of the logits)."""
     if margins:
         scores = np.concatenate([np.zeros_like(scores[:1]), scores])
-    scores -= scores.max(axis=0, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=0, keepdims=True)
+    softmax_inplace(scores)
     return scores
 
 

@@ -32,7 +32,7 @@ from veloxseg.runtime.tiling import (
     plan_tiles,
 )
 
-__all__ = ["Output", "PredictBatch", "sliding_window_predict"]
+__all__ = ["Output", "PredictBatch", "sliding_window_predict", "softmax_inplace"]
 
 Output = Literal["labels", "probabilities", "logits", "margins"]
 PredictBatch = Callable[[np.ndarray], np.ndarray]
@@ -119,7 +119,7 @@ def sliding_window_predict(
         pool.shutdown(wait=True, cancel_futures=True)
     result = accumulator.finalize()
     if output == "probabilities":
-        _softmax_inplace(result)
+        softmax_inplace(result)
     return result
 
 
@@ -244,7 +244,7 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _softmax_inplace(logits: np.ndarray) -> None:
+def softmax_inplace(logits: np.ndarray) -> None:
     """Numerically stable softmax over axis 0 of ``(K, X, Y, Z)`` logits, in place."""
     logits -= logits.max(axis=0, keepdims=True)
     np.exp(logits, out=logits)
