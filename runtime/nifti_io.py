@@ -352,7 +352,7 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
                 )
                 out[:, :, z : z + k] = apply_read_scaling(block, slope, inter)
             if last:
-                f.read()  # to the end: a gzip stream checks its CRC there (nibabel stops short)
+                _read_to_end(f)
     except _READ_ERRORS as e:
         raise InputError(
             f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "
@@ -365,6 +365,16 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
             " (stored, or past float32 after scl_slope/scl_inter); replace them (e.g. with the "
             "background value) and retry"
         )
+
+
+def _read_to_end(f: BinaryIO) -> None:
+    """Read on to the end, where a gzip stream checks its CRC and length (nibabel stops short);
+    bytes after the last gzip member are ignored, as ``gzip -d`` and nibabel ignore them."""
+    try:
+        f.read()
+    except gzip.BadGzipFile as e:
+        if not str(e).startswith("Not a gzipped file"):  # trailing bytes, after a good CRC
+            raise
 
 
 @contextmanager

@@ -461,3 +461,10 @@ def test_gzip_stream_damaged_mid_file_is_refused_by_its_crc(tmp_path: Path) -> N
     path.write_bytes(bytes(damaged))
     with pytest.raises(InputError, match="truncated or corrupt"):
         load_case([path], 1)
+
+
+def test_bytes_after_the_gzip_stream_are_ignored_as_gzip_does(tmp_path: Path) -> None:
+    path = write(tmp_path / "x.nii.gz", volume())
+    path.write_bytes(path.read_bytes() + b"trailing bytes some writers leave")
+    data, _ = load_case([path], 1)
+    np.testing.assert_array_equal(data[0], volume())

@@ -80,8 +80,8 @@ def flatten_instance_norms(graph) -> None:  # type: ignore[no-untyped-def]
     On a channels-last tensor OpenVINO's MVN sums each channel's positions in one sequence per
     thread. With one thread per stream (throughput mode) that rounding, on a bundled-sample
     window of 63% clipped CT air, reached 2.1e-3 in the logits against PyTorch (2 threads:
-    4e-4). The flat view gets the planar kernel: 1.1e-4, with no per-patch cost measurable
-    above run-to-run noise (RESULTS.md). bf16 is left alone: its own rounding is far larger.
+    4e-4). The flat view gets the planar kernel: 1.1e-4, for 1-3% more time per patch
+    (RESULTS.md). bf16 is left alone: its own rounding is far larger.
     """
     import openvino.opset13 as ops
 
