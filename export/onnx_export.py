@@ -326,7 +326,7 @@ def export_onnx(
     )
 
 
-CARD_FILE_FIELDS = (
+_CARD_FILE_FIELDS = (
     "modalities",
     "normalization",
     "class_names",
@@ -348,11 +348,11 @@ def load_card_file(path: str | Path) -> dict[str, Any]:
     for key in list(fields):  # a misspelt key would silently keep the default, e.g. CT stats
         if key in _PROVENANCE_FIELDS:
             del fields[key]
-        elif key not in CARD_FILE_FIELDS:
-            close = difflib.get_close_matches(key, CARD_FILE_FIELDS, n=1)
+        elif key not in _CARD_FILE_FIELDS:
+            close = difflib.get_close_matches(key, _CARD_FILE_FIELDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(
                 f"card file {path} has unknown field {key!r}; {hint}"
-                f"fields: {', '.join(CARD_FILE_FIELDS)}"
+                f"fields: {', '.join(_CARD_FILE_FIELDS)}"
             )
     return fields
