@@ -58,6 +58,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 _PIPED_HELP_WIDTH = 120
 
 
+def _notice(message: str, label: str = "warning") -> None:
+    """One yellow line on stderr that the run goes on after (a warning or a note)."""
+    err.print(f"[yellow]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -177,8 +182,8 @@ def segment(
     cores = os.cpu_count() or 1
     if threads and threads > cores and not (ray or ray_address or workers):
         if not quiet:
-            err.print(f"note: --threads {threads} is more than this machine's {cores} cores; "
-                      f"using {cores}", highlight=False)  # fmt: skip
+            _notice(f"--threads {threads} is more than this machine's {cores} cores; using {cores}",
+                    "note")  # fmt: skip
         threads = cores  # more only oversubscribes: 64 threads ran 9x slower on 2 cores
     if not folder:
         _check_outputs_free(input, output, overwrite, save_probabilities, preview)
@@ -232,9 +237,7 @@ def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool, lo
     result = segment_case(engine, inputs, output, replace(options, progress=not quiet))
     if not quiet:  # --quiet, as TotalSegmentator's: warnings stay in the sidecar
         for warning in result.warnings:
-            err.print(
-                f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True
-            )
+            _notice(warning)
         print_case_summary(err, result, model_load=load)
     return result
 
@@ -385,12 +388,11 @@ def export(
     if result.normalization_file:
         typer.echo(f"normalisation from {result.normalization_file} (written by veloxseg train)")
     if result.placeholder_statistics:
-        err.print(
-            "[yellow]warning:[/] the card carries placeholder CT statistics, not those of your "
-            "training data, so CT is normalised wrongly; re-export with --card FILE.json holding "
-            "a 'normalization' list (e.g. the normalization.json that veloxseg train writes)",
-            highlight=False, soft_wrap=True,
-        )  # fmt: skip
+        _notice(
+            "the card carries placeholder CT statistics, not those of your training data, so CT "
+            "is normalised wrongly; re-export with --card FILE.json holding a 'normalization' "
+            "list (e.g. the normalization.json that veloxseg train writes)"
+        )
 
 
 @app.command()
@@ -463,7 +465,7 @@ def bench(
         model, [f for f in formats if f], threads, iterations, rounds=rounds, inputs=input
     )
     if note := eager_note(report):
-        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        _notice(note, "note")
     console = Console()
     if not console.is_terminal:  # logs and pipes: never truncate the table's columns
         console = Console(width=200)
