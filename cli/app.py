@@ -482,11 +482,31 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+# click's base exception (usage errors, bad option values). Typer vendors click privately since
+# 0.2x; its public BadParameter derives from this class in every version.
+_CLICK_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: command-line mistakes (a bad option value, a missing option,
+    a misspelt command) print one ``error:`` line, like every other failure, not a panel."""
     signal.signal(signal.SIGTERM, _terminated)
     if not sys.stdout.isatty() and rich_utils.MAX_WIDTH is None:
         # Piped or redirected help would be cut to 80 columns (option names end in "…");
         # Typer's own TERMINAL_WIDTH variable still wins when set.
         rich_utils.MAX_WIDTH = _PIPED_HELP_WIDTH
-    sys.exit(app())
+    try:
+        code = app(standalone_mode=False)
+    except _CLICK_ERROR as e:
+        code = getattr(e, "exit_code", 2)
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "veloxseg"
+            message = _one_line(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
+            err.print(f"[bold red]error:[/] {escape(message)} (run '{where} --help')",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    except typer.Abort:  # end of input at a prompt
+        code = 1
+    sys.exit(code)

@@ -415,6 +415,22 @@ def test_piped_help_shows_whole_option_names():
     assert "--save-probabilities" in run.stdout and "…" not in run.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["segment", "-i", "a.nii.gz", "-o", "b.nii.gz", "--threads", "0"], "--threads"),
+        (["segment", "-o", "b.nii.gz"], "Missing option '-i'"),
+        (["segmnt"], "Did you mean 'segment'?"),
+    ],
+)
+def test_command_line_mistakes_print_one_error_line_with_the_help_to_run(argv, says):
+    code = f"import sys; from veloxseg.cli.app import main; sys.argv[1:] = {argv!r}; main()"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1
+    assert says in run.stderr and "--help'" in run.stderr
+
+
 def test_outputs_appear_together_or_not_at_all(model, tmp_path):
     inputs = _write(tmp_path, "case", _scan(seed=7), _ras_affine((60, 50, 40)))
     (tmp_path / "seg_probabilities.nii.gz").mkdir()  # the probabilities file cannot be written
