@@ -245,8 +245,11 @@ def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool, lo
 def _run_folder(
     engine, input_dir: Path, output_dir: Path, options, overwrite: bool, quiet: bool
 ) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
     from veloxseg.runtime.cases import segment_folder
 
+    options = replace(options, progress=not quiet)  # each case's windows, under the case bar
     _with_progress(
         input_dir, engine.metadata.in_channels, quiet,
         lambda on_case: segment_folder(

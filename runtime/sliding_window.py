@@ -234,12 +234,14 @@ def _stitch(
 
 @contextmanager
 def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield a callable that advances a rich progress bar over windows (a no-op if disabled)."""
+    """Yield a callable that advances a rich progress bar over windows (a no-op if disabled).
+    The bar vanishes when done: under a folder run's case bar, one finished bar per case would
+    pile up, and a single case ends with its timing summary anyway."""
     if not enabled:
         yield lambda _n: None
         return
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:  # stdout stays for data
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:  # not stdout
         task = bar.add_task("sliding window", total=total)
         yield lambda n: bar.advance(task, n)
 
