@@ -34,6 +34,9 @@ def new_shape(
     return tuple(int(n) for n in np.maximum(scaled, 1))  # type: ignore[return-value]
 
 
+SLAB_VOXELS = 1 << 22  # labels are resampled in Z slabs of about this many voxels (16 MB float32)
+
+
 def _zoom_into(volume: np.ndarray, out: np.ndarray, order: int) -> None:
     """Resample one (X, Y, Z) volume onto ``out``'s shape, edge-aligned, edges extended."""
     if volume.shape == out.shape:
@@ -41,6 +44,16 @@ def _zoom_into(volume: np.ndarray, out: np.ndarray, order: int) -> None:
         return
     factors = np.divide(out.shape, volume.shape)
     ndimage.zoom(volume, factors, output=out, order=order, mode="nearest", grid_mode=True)
+
+
+def _zoom_slab_into(volume: np.ndarray, shape: Sequence[int], z0: int, out: np.ndarray) -> None:
+    """Slices ``z0 : z0 + out.shape[2]`` of the linear, edge-aligned resample of ``volume`` to
+    ``shape``, the same numbers as :func:`_zoom_into` computes for the whole grid (to rounding):
+    output voxel ``o`` samples input coordinate ``(o + 0.5) * in / out - 0.5`` per axis."""
+    step = np.divide(volume.shape, shape)
+    offset = 0.5 * step - 0.5
+    offset[2] += step[2] * z0
+    ndimage.affine_transform(volume, step, offset=offset, output=out, order=1, mode="nearest")
 
 
 def resample_to_shape(data: np.ndarray, shape: Sequence[int], *, order: int = 1) -> np.ndarray:
@@ -82,30 +95,39 @@ def resample_to_spacing(
 
 
 def resample_labels_via_probabilities(
-    scores: np.ndarray, shape: Sequence[int], *, order: int = 1, margins: bool = False
+    scores: np.ndarray, shape: Sequence[int], *, margins: bool = False
 ) -> np.ndarray:
     """Class map (X, Y, Z) at ``shape`` from per-class ``scores`` (K, x, y, z), probabilities or
     logits: resample each class linearly, then take the argmax.
 
-    Classes are resampled one at a time into a running maximum and running argmax, so memory is
-    two float32 volumes at the target grid (plus one byte mask), not K. Ties go to the lowest
-    class, exactly as ``np.argmax``. Returns class indices 0..K-1 as uint8 (uint16 if K > 256).
-    With ``margins``, ``scores`` are (K-1, x, y, z) logits of classes 1..K-1 minus class 0's, and
-    class 0 scores 0 everywhere: linear resampling commutes with that difference.
+    The target grid is filled in Z slabs of about ``SLAB_VOXELS`` voxels, each class resampled
+    into a running maximum and argmax, so the only full-size array is the labels: a CT-sized
+    grid needs no float32 volume per class (for 512 x 512 x 1000, 2 GB less at peak). Ties go
+    to the lowest class, exactly as ``np.argmax``. Returns class indices 0..K-1 as uint8
+    (uint16 if K > 256). With ``margins``, ``scores`` are (K-1, x, y, z) logits of classes
+    1..K-1 minus class 0's, and class 0 scores 0 everywhere: linear resampling commutes with
+    that difference.
     """
     if scores.ndim != 4 or scores.shape[0] < (0 if margins else 1):
         raise ValueError(f"expected (K, X, Y, Z) scores, got shape {scores.shape}")
     shape = tuple(int(n) for n in shape)
     n_classes = scores.shape[0] + int(margins)
     labels = np.zeros(shape, dtype=np.uint8 if n_classes <= 256 else np.uint16)
-    best = np.zeros(shape, dtype=np.float32)
-    current = np.empty(shape, dtype=np.float32)
-    better = np.empty(shape, dtype=bool)
-    if not margins:
-        _zoom_into(scores[0], best, order)
-    for k in range(1, n_classes):
-        _zoom_into(scores[k - int(margins)], current, order)
-        np.greater(current, best, out=better)
-        labels[better] = k
-        np.maximum(best, current, out=best)
+    depth = max(1, min(shape[2], SLAB_VOXELS // (shape[0] * shape[1])))
+    best = np.empty((*shape[:2], depth), dtype=np.float32)
+    current = np.empty_like(best)
+    better = np.empty(best.shape, dtype=bool)
+    for z0 in range(0, shape[2], depth):
+        n = min(depth, shape[2] - z0)
+        slab_best, slab_current, slab_better = best[..., :n], current[..., :n], better[..., :n]
+        slab_labels = labels[..., z0 : z0 + n]
+        if margins:
+            slab_best.fill(0.0)
+        else:
+            _zoom_slab_into(scores[0], shape, z0, slab_best)
+        for k in range(1, n_classes):
+            _zoom_slab_into(scores[k - int(margins)], shape, z0, slab_current)
+            np.greater(slab_current, slab_best, out=slab_better)
+            slab_labels[slab_better] = k
+            np.maximum(slab_best, slab_current, out=slab_best)
     return labels

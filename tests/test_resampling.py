@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from veloxseg.runtime import resampling
 from veloxseg.runtime.resampling import (
     new_shape,
     resample_labels_via_probabilities,
@@ -72,6 +75,31 @@ def test_streaming_labels_equal_naive_argmax(target: tuple[int, int, int]) -> No
     labels = resample_labels_via_probabilities(scores, target)
     assert labels.dtype == np.uint8 and labels.shape == target
     np.testing.assert_array_equal(labels, naive)
+
+
+@pytest.mark.parametrize("margins", [False, True])
+def test_labels_resampled_slab_by_slab_equal_the_whole_grid_argmax(monkeypatch, margins) -> None:
+    scores = image((3, 9, 7, 11), seed=4)
+    target = (20, 15, 29)
+    whole = resample_labels_via_probabilities(scores, target, margins=margins)
+    monkeypatch.setattr(resampling, "SLAB_VOXELS", 20 * 15 * 4)  # slabs of 4 slices, then 1
+    slabs = resample_labels_via_probabilities(scores, target, margins=margins)
+    np.testing.assert_array_equal(slabs, whole)
+    full = resample_to_shape(scores, target, order=1)
+    if margins:
+        full = np.concatenate([np.zeros_like(full[:1]), full])
+    np.testing.assert_array_equal(slabs, np.argmax(full, axis=0))
+
+
+def test_labels_resampled_to_a_large_grid_need_no_float_volume_of_that_size() -> None:
+    scores = image((1, 40, 40, 30), seed=6)
+    target = (320, 320, 240)  # 24.6 M voxels: a float32 volume of it is 98 MB
+    tracemalloc.start()
+    labels = resample_labels_via_probabilities(scores, target, margins=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < labels.nbytes + 4 * resampling.SLAB_VOXELS * 4  # labels + slab buffers
+    assert 0 < labels.mean() < 1
 
 
 def test_streaming_labels_break_ties_like_argmax() -> None:
