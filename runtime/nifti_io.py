@@ -41,6 +41,7 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import apply_read_scaling, array_from_file
 
 from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.orientation import empty_in_canonical_layout
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
@@ -128,6 +129,7 @@ def load_case(
     modality_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, ImageGeometry]:
     """Load one case as float32 ``(C, X, Y, Z)`` in file voxel order, plus its geometry.
+    The array's memory is in canonical (closest RAS+) order, so reorienting it copies nothing.
 
     ``paths`` is one file per modality in the model's order, or a single 4D file with modalities
     on the last axis (when ``n_modalities > 1``). ``max_voxels`` bounds X*Y*Z and is checked from
@@ -136,13 +138,14 @@ def load_case(
     paths = tuple(Path(p) for p in paths)
     images, spatial = _inspect(paths, n_modalities, max_voxels, modality_names)
     stacked = len(paths) == 1 and n_modalities > 1
-    data = np.empty((n_modalities, *spatial[0]), dtype=np.float32)
+    affine = affine_mm(images[0])
+    data = empty_in_canonical_layout(n_modalities, spatial[0], affine)  # to_canonical: no copy
     for c in range(n_modalities):
         img, p = (images[0], paths[0]) if stacked else (images[c], paths[c])
         _read_volume(img, c if stacked else None, p, data[c])
     geometry = ImageGeometry(
         shape=spatial[0],
-        affine=affine_mm(images[0]),
+        affine=affine,
         header=images[0].header.copy(),
         sources=tuple(p.resolve() for p in paths),
     )

@@ -22,7 +22,7 @@ from nibabel.orientations import (
 
 from veloxseg.runtime.errors import InputError
 
-__all__ = ["Reorientation", "from_canonical", "to_canonical"]
+__all__ = ["Reorientation", "empty_in_canonical_layout", "from_canonical", "to_canonical"]
 
 _RAS = axcodes2ornt(("R", "A", "S"))
 
@@ -73,6 +73,26 @@ def to_canonical(
     transform = ornt_transform(source, _RAS)
     canonical_affine = np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(transform, shape)
     return _apply_spatial(data, transform), canonical_affine, Reorientation(source, shape)
+
+
+def empty_in_canonical_layout(
+    channels: int, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
+    """An uninitialised float32 ``(channels, X, Y, Z)`` array in file voxel order whose memory
+    is laid out in canonical order, so that :func:`to_canonical` of it is a contiguous view.
+
+    Loading into it reorders the voxels while they are read, instead of copying a whole
+    CT-sized volume afterwards (2 GB for two 512 x 512 x 1000 channels). A degenerate affine
+    gets a plain array; :func:`to_canonical` then refuses it.
+    """
+    source = io_orientation(affine)
+    if np.isnan(source).any():
+        return np.empty((channels, *shape), dtype=np.float32)
+    canonical_shape = [0, 0, 0]
+    for axis, (to, _flip) in enumerate(ornt_transform(source, _RAS)):
+        canonical_shape[int(to)] = shape[axis]
+    canonical = np.empty((channels, *canonical_shape), dtype=np.float32)
+    return from_canonical(canonical, Reorientation(source, shape))
 
 
 def from_canonical(array: np.ndarray, reorientation: Reorientation) -> np.ndarray:

@@ -104,3 +104,20 @@ def test_from_canonical_checks_the_shape() -> None:
     _, _, reo = to_canonical(data(), AFFINES["permuted-SRA"])
     with pytest.raises(ValueError, match="does not match"):
         from_canonical(np.zeros((2, *SHAPE)), reo)
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "PIR", "LAS", "RAS"])
+def test_loaded_scan_is_laid_out_canonically_so_reorienting_copies_nothing(tmp_path, axcodes):
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff
+
+    from veloxseg.runtime.nifti_io import load_case
+
+    affine = inv_ornt_aff(axcodes2ornt(axcodes), SHAPE) @ np.diag([1.5, 2.0, 3.0, 1.0])
+    values = np.random.default_rng(3).normal(size=(2, *SHAPE)).astype(np.float32)
+    paths = [tmp_path / f"m{c}.nii.gz" for c in range(2)]
+    for path, volume in zip(paths, values, strict=True):
+        nib.save(nib.Nifti1Image(volume, affine), path)
+    data, geometry = load_case(paths, 2)
+    np.testing.assert_array_equal(data, values)  # still indexed in file voxel order
+    canonical, _, _ = to_canonical(data, geometry.affine)
+    assert canonical.flags.c_contiguous and np.shares_memory(canonical, data)
