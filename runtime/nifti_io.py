@@ -19,6 +19,7 @@ Every user-fixable problem with an input raises ``InputError`` with a one-line m
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import math
 import os
@@ -38,18 +39,20 @@ from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
-from nibabel.volumeutils import apply_read_scaling, array_from_file
+from nibabel.volumeutils import apply_read_scaling, array_from_file, seek_tell
 
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.orientation import empty_in_canonical_layout
 
 __all__ = [
+    "CONVERT_DICOM",
     "DEFAULT_MAX_VOXELS",
     "LINEAR_RTOL",
     "TRANSLATION_TOL_MM",
     "ImageGeometry",
     "atomic_write_bytes",
     "atomic_writer",
+    "find_dicom",
     "inspect_case",
     "load_case",
     "save_labels",
@@ -64,8 +67,12 @@ _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) c
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
 _STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
-_READ_SLAB_VOXELS = 1 << 22  # voxels per read: bounds the float temporary of scaling to ~32 MB
+_SLAB_VOXELS = 1 << 22  # voxels per read or write: bounds temporaries to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_DICOM_LOOK = 16  # entries looked at per folder when searching for DICOM: -i may be huge
+CONVERT_DICOM = "convert the series to NIfTI first, e.g. dcm2niix -z y -o OUT_DIR SERIES_DIR"
+_CONVERT_ITK = "convert it to .nii.gz first, e.g. with SimpleITK or 3D Slicer"
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError, ImageFileError)
 # Header fields that place voxels in space; copied verbatim so outputs land on the input grid.
 _SPATIAL_FIELDS = (
@@ -229,22 +236,89 @@ def _quiet_nibabel() -> Iterator[None]:
 
 def _open(path: Path) -> nib.Nifti1Pair:
     """Read the header only (nibabel proxies the voxel data) and insist on NIfTI."""
+    if path.is_symlink() and not path.exists():
+        raise InputError(
+            f"input {path} is a link to {os.readlink(path)}, which does not exist; fix the link"
+        )
     if not path.exists():
         raise InputError(f"input file {path} does not exist; check the path")
+    if path.is_dir():
+        dicom = find_dicom(path)
+        if dicom is not None:
+            raise InputError(f"input {path} is a folder of DICOM files ({dicom}); {CONVERT_DICOM}")
+        raise InputError(
+            f"input {path} is a folder, not a file; pass a folder of cases as the only -i, or "
+            "one .nii or .nii.gz file per modality"
+        )
     if not path.is_file():
         raise InputError(f"input {path} is not a file; pass a .nii or .nii.gz image")
     try:
         with _quiet_nibabel():
             img = nib.load(path)
     except _READ_ERRORS as e:
-        raise InputError(
-            f"{path} is not a readable NIfTI image ({_first_line(e)}); pass a .nii or .nii.gz file"
-        ) from e
+        what, fix = _what_else(path) or (_first_line(e), "pass a .nii or .nii.gz file")
+        raise InputError(f"{path} is not a readable NIfTI image ({what}); {fix}") from e
     if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and .hdr/.img pairs
         raise InputError(
             f"{path} is a {type(img).__name__}, not NIfTI; convert it to .nii.gz first"
         )
     return img
+
+
+def _what_else(path: Path) -> tuple[str, str] | None:
+    """What a file that nibabel cannot read is, from its first bytes, and the fix: the formats
+    and naming slips that users hand to NIfTI tools."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    name = path.name
+    gz_name, gzipped = name.lower().endswith(".gz"), head.startswith(b"\x1f\x8b")
+    sizeof_hdr = {int.from_bytes(head[:4], order) for order in ("little", "big")}
+    if not head:
+        return "the file is empty", "re-export or re-download it"
+    if head[128:] == b"DICM" or path.suffix.lower() in _DICOM_SUFFIXES:
+        return "it is a DICOM file", CONVERT_DICOM
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive", "unzip it and pass the images inside"
+    if head.startswith(b"NRRD"):
+        return "it is an NRRD image", _CONVERT_ITK
+    if head.startswith((b"ObjectType", b"NDims")):
+        return "it is a MetaImage", _CONVERT_ITK
+    if gz_name and not gzipped and sizeof_hdr & {348, 540}:
+        return "it is not gzip-compressed despite its name", f"rename it to {name[:-3]}"
+    if gzipped and not gz_name:
+        return "it is gzip-compressed despite its name", f"rename it to {name}.gz"
+    return None
+
+
+def find_dicom(folder: Path, depth: int = 2) -> Path | None:
+    """A DICOM file in ``folder`` or its subfolders down to ``depth`` (a study of series, a
+    patient of studies), else None; looks at the first few entries of each folder only."""
+    try:
+        entries = sorted(itertools.islice(folder.iterdir(), _DICOM_LOOK))
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and _is_dicom(entry):
+            return entry
+        if depth and entry.is_dir() and (found := find_dicom(entry, depth - 1)):
+            return found
+    return None
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix, or by the ``DICM`` tag after its 128-byte preamble."""
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _check_header(img: nib.Nifti1Pair, path: Path, max_voxels: int) -> tuple[int, int, int]:
@@ -285,7 +359,8 @@ def _check_data_fits(img: nib.Nifti1Pair, path: Path) -> None:
     try:
         size = image_file.stat().st_size
     except OSError as e:
-        raise InputError(f"cannot read the voxel data of {path} ({e.strerror})") from e
+        where = "" if image_file == path else f" in {image_file}"  # the .img of a .hdr
+        raise InputError(f"cannot read the voxel data of {path}{where} ({e.strerror})") from e
     suffix = image_file.suffix.lower()
     if suffix in (".bz2", ".zst"):
         return
@@ -304,9 +379,12 @@ def _count_volumes(img: nib.Nifti1Pair, path: Path) -> int:
     while extra and extra[-1] == 1:
         extra.pop()
     if len(extra) > 1:
+        hint = ""
+        if len(extra) == 2 and extra[0] == 1:  # (X, Y, Z, 1, C): how ITK writes vector images
+            hint = f": save it as {(*img.shape[:3], extra[1])}, without the 4th axis of size 1"
         raise InputError(
             f"{path} is {len(img.shape)}D with shape {img.shape}; expected a 3D volume or a 4D "
-            "stack of modalities on the last axis"
+            f"stack of modalities on the last axis{hint}"
         )
     return int(extra[0]) if extra else 1
 
@@ -342,7 +420,7 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
     dtype, slope, inter = proxy.dtype, proxy.slope, proxy.inter
     nx, ny, nz = out.shape
     offset = proxy.offset + (index or 0) * nx * ny * nz * dtype.itemsize
-    step = max(1, _READ_SLAB_VOXELS // max(1, nx * ny))
+    step = max(1, _SLAB_VOXELS // max(1, nx * ny))
     last = index is None or index == _count_volumes(img, path) - 1
     try:
         with np.errstate(over="ignore", invalid="ignore"), ImageOpener(img.get_filename()) as f:
@@ -489,7 +567,7 @@ def _write_nifti(
 ) -> None:
     """Build a header carrying the input's spatial fields and write ``data`` atomically."""
     name = out_path.name
-    if not name.endswith((".nii", ".nii.gz")):
+    if not name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(f"output {out_path} must end in .nii.gz or .nii")
     target = out_path.resolve()
     for src in (*geometry.sources, *inputs):
@@ -507,8 +585,26 @@ def _write_nifti(
     image_class = nib.Nifti2Image if is_nifti2 else nib.Nifti1Image
     image = image_class(data, None, header=header)  # None: keep the copied fields verbatim
     with atomic_writer(out_path) as f:
-        if name.endswith(".gz"):
-            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:
-                image.to_stream(gz)
+        if name.lower().endswith(".gz"):  # no name or time in the gzip header: same bytes per run
+            with gzip.GzipFile("", "wb", _GZIP_LEVEL, fileobj=f, mtime=0) as gz:
+                _write_image(image, gz)
         else:
-            image.to_stream(f)
+            _write_image(image, f)
+
+
+def _write_image(image: nib.Nifti1Pair, stream: BinaryIO) -> None:
+    """The bytes of nibabel's ``to_stream``, with the voxels written in Z slabs of about
+    ``_SLAB_VOXELS``: nibabel writes a 4D array one volume at a time, after a full scan
+    for its scaling, so probabilities on a CT grid took two extra float32 volumes (2 GB)."""
+    data = np.asanyarray(image.dataobj)
+    image.update_header()
+    header = image.header
+    header.set_slope_inter(1.0, 0.0)  # what nibabel records for data stored unscaled
+    header.write_to(stream)
+    seek_tell(stream, header.get_data_offset(), write0=True)
+    volumes = data if data.ndim == 4 else data[..., None]  # labels (3D) or probabilities (4D)
+    nx, ny, nz, _ = volumes.shape
+    step = max(1, _SLAB_VOXELS // max(1, nx * ny))
+    for volume in np.moveaxis(volumes, 3, 0):
+        for z in range(0, nz, step):
+            stream.write(volume[:, :, z : z + step].tobytes(order="F"))

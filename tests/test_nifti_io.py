@@ -131,7 +131,7 @@ def test_scaling_is_applied_and_zero_or_nan_slope_means_none(
 def test_volume_read_in_z_slabs_equals_nibabels_scaled_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stacked: bool
 ) -> None:
-    monkeypatch.setattr(nifti_io, "_READ_SLAB_VOXELS", 3 * SHAPE[0] * SHAPE[1])  # 3 slabs
+    monkeypatch.setattr(nifti_io, "_SLAB_VOXELS", 3 * SHAPE[0] * SHAPE[1])  # 3 slabs
     shape = (*SHAPE, 2) if stacked else SHAPE
     raw = (np.arange(np.prod(shape)).reshape(shape) % 1000 - 500).astype(np.int16)
     img = nib.Nifti1Image(raw, AFFINE)
@@ -369,6 +369,25 @@ def test_save_probabilities_classes_last(tmp_path: Path) -> None:
     np.testing.assert_array_equal(saved.affine, nib.load(tmp_path / "in.nii.gz").affine)
 
 
+@pytest.mark.parametrize("nifti2", [False, True])
+def test_outputs_written_in_slabs_are_byte_identical_to_nibabels(
+    tmp_path: Path, monkeypatch, nifti2: bool
+) -> None:
+    image_class = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    source = tmp_path / "in.nii"
+    nib.save(image_class(volume(), AFFINE), source)
+    _, geo = load_case([source], 1)
+    monkeypatch.setattr(nifti_io, "_SLAB_VOXELS", 3 * SHAPE[0] * SHAPE[1])  # 3 slabs a volume
+    probs = np.random.default_rng(4).random((3, *SHAPE)).astype(np.float32)[:, ::-1]  # a view
+    labels = np.random.default_rng(5).integers(0, 3, SHAPE).astype(np.uint8)
+    save_probabilities(probs, geo, tmp_path / "probs.nii")
+    save_labels(labels, geo, tmp_path / "seg.nii")
+    for name, data in (("probs.nii", np.moveaxis(probs, 0, -1)), ("seg.nii", labels)):
+        written = nib.load(tmp_path / name)
+        reference = image_class(np.ascontiguousarray(data), None, header=written.header)
+        assert (tmp_path / name).read_bytes() == reference.to_bytes()
+
+
 def test_refuses_to_overwrite_an_input(tmp_path: Path) -> None:
     src = write(tmp_path / "in.nii.gz", volume())
     other = write(tmp_path / "other.nii.gz", volume())
@@ -415,11 +434,11 @@ def test_failing_serialisation_leaves_nothing(
 ) -> None:
     _, geo = load_case([write(tmp_path / "in.nii.gz", volume())], 1)
 
-    def dies_midway(self: nib.Nifti1Image, io_obj: object, **kwargs: object) -> None:
-        io_obj.write(b"half a header")  # type: ignore[attr-defined]
+    def dies_midway(image: nib.Nifti1Image, stream: object) -> None:
+        stream.write(b"half a header")  # type: ignore[attr-defined]
         raise MemoryError("out of memory while writing")
 
-    monkeypatch.setattr(nib.Nifti1Image, "to_stream", dies_midway)
+    monkeypatch.setattr(nifti_io, "_write_image", dies_midway)
     with pytest.raises(MemoryError):
         save_labels(np.zeros(SHAPE, np.uint8), geo, tmp_path / "seg.nii.gz")
     assert sorted(os.listdir(tmp_path)) == ["in.nii.gz"]
