@@ -251,7 +251,7 @@ def _run_folder(
 
     options = replace(options, progress=not quiet)  # each case's windows, under the case bar
     _with_progress(
-        input_dir, engine.metadata.in_channels, quiet,
+        input_dir, output_dir, engine.metadata.in_channels, quiet,
         lambda on_case: segment_folder(
             engine, input_dir, output_dir, options, overwrite=overwrite, on_case=on_case
         ),
@@ -273,7 +273,7 @@ def _run_ray(
 
     model = model or bundled_model()
     _with_progress(
-        input_dir, open_model_file(model).card.in_channels, quiet,
+        input_dir, output_dir, open_model_file(model).card.in_channels, quiet,
         lambda on_case: segment_folder_ray(
             model, input_dir, output_dir, options, overwrite=overwrite, on_case=on_case, **cluster
         ),
@@ -282,6 +282,7 @@ def _run_ray(
 
 def _with_progress(
     input_dir: Path,
+    output_dir: Path,
     n_modalities: int,
     quiet: bool,
     run: Callable[[Callable[[str, str], None]], Any],
@@ -290,9 +291,11 @@ def _with_progress(
     if any case failed."""
     from rich.progress import MofNCompleteColumn, Progress
 
-    from veloxseg.runtime.cases import find_cases
+    from veloxseg.runtime.cases import check_folder_run, ignored_note
 
-    total = len(find_cases(input_dir, n_modalities))
+    total = len(check_folder_run(input_dir, output_dir, n_modalities))  # refusals before the bar
+    if not quiet and (note := ignored_note(input_dir)):
+        _notice(note, "note")
     with Progress(
         *Progress.get_default_columns(), MofNCompleteColumn(), console=err, disable=quiet
     ) as bar:
