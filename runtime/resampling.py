@@ -56,19 +56,23 @@ def _zoom_slab_into(volume: np.ndarray, shape: Sequence[int], z0: int, out: np.n
     ndimage.affine_transform(volume, step, offset=offset, output=out, order=1, mode="nearest")
 
 
-def resample_to_shape(data: np.ndarray, shape: Sequence[int], *, order: int = 1) -> np.ndarray:
+def resample_to_shape(
+    data: np.ndarray, shape: Sequence[int], *, order: int = 1, out: np.ndarray | None = None
+) -> np.ndarray:
     """Resample ``data`` (C, X, Y, Z) to spatial ``shape``, channel by channel, as float32.
 
     Order 1 (linear) suits probabilities and logits: it never overshoots. Higher orders are
     clipped to each channel's input range, as scikit-image / nnU-Net do. Returns ``data``
-    itself when the shape already matches.
+    itself when the shape already matches, unless ``out`` (float32 ``(C, *shape)``) is given
+    to receive the result.
     """
     if data.ndim != 4:
         raise ValueError(f"expected (C, X, Y, Z) data, got shape {data.shape}")
     shape = tuple(int(n) for n in shape)
-    if data.shape[1:] == shape:
-        return data
-    out = np.empty((data.shape[0], *shape), dtype=np.float32)
+    if out is None:
+        if data.shape[1:] == shape:
+            return data
+        out = np.empty((data.shape[0], *shape), dtype=np.float32)
     for c in range(data.shape[0]):
         _zoom_into(data[c], out[c], order)
         if order > 1:

@@ -49,6 +49,7 @@ __all__ = [
     "CaseResult",
     "SegmentOptions",
     "check_output",
+    "geometry_warnings",
     "input_warnings",
     "output_paths",
     "segment_case",
@@ -86,7 +87,7 @@ class CaseResult:
 def output_paths(output: Path) -> dict[str, Path]:
     """The files a case writes beside ``output`` (``x.nii.gz`` -> ``x.json``, ``x.png``...)."""
     name = output.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else output.stem
     return {
         "labels": output,
         "sidecar": output.with_name(stem + ".json"),
@@ -107,15 +108,23 @@ class _Stopwatch:
 
 
 def check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output path that is not a NIfTI name, or any file the case may write (labels,
+    """Refuse an output path that is not a NIfTI name, lies in a folder that cannot be written
+    (found here, not after the inference), or names any file the case may write (labels,
     sidecar, preview, probabilities) that is one of the inputs."""
     if output.is_dir():
         raise InputError(
             f"output {output} is a folder; name the file for one case (e.g. {output}/CASE.nii.gz)"
             ", or pass a folder of cases as -i"
         )
-    if not (output.name.endswith(".nii.gz") or output.suffix == ".nii"):
-        raise InputError(f"output {output} must end in .nii.gz or .nii")
+    if not output.name.lower().endswith((".nii.gz", ".nii")):
+        raise InputError(
+            f"output {output} must end in .nii.gz or .nii (e.g. {output.with_suffix('')}.nii.gz)"
+        )
+    folder = output.absolute().parent
+    while not folder.exists():  # the folders still to create go under the nearest existing one
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {output}: {folder} is not writable; choose another -o")
     sources = {Path(p).resolve() for p in inputs}
     for path in output_paths(output).values():
         if path.resolve() in sources:
@@ -158,6 +167,19 @@ def input_warnings(data: np.ndarray, card: ModelCard) -> list[str]:
     return found
 
 
+def geometry_warnings(geometry: ImageGeometry) -> list[str]:
+    """A header with qform_code and sform_code both 0 says nothing about orientation: nibabel
+    (and so the model) takes it as LAS, ITK as LPS, so the model may see the scan mirrored."""
+    header = geometry.header
+    if int(header["qform_code"]) or int(header["sform_code"]):
+        return []
+    return [
+        "the header's qform_code and sform_code are both 0, so the scan's orientation is unknown; "
+        "it was taken as LAS (nibabel's default; ITK tools assume LPS): set the qform/sform "
+        "from the scanner's DICOM if the labels look mirrored"
+    ]
+
+
 def _map_labels(indices: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Class indices to the card's label values (e.g. BraTS index 3 -> label 4)."""
     if list(label_values) == list(range(len(label_values))):
@@ -191,18 +213,22 @@ def _infer_labels(
         labels = indices.astype(np.uint8 if engine.metadata.n_classes <= 256 else np.uint16)
     if not options.save_probabilities:
         return labels, None
-    if resampled:  # scores, not probabilities, are resampled, as nnU-Net resamples logits
-        scores = resample_to_shape(scores, canonical_shape, order=1)
-    return labels, _softmax_scores(scores, margins)
+    return labels, _probabilities(scores, canonical_shape, margins)
 
 
-def _softmax_scores(scores: np.ndarray, margins: bool) -> np.ndarray:
-    """Class probabilities ``(K, ...)``; margins get class 0's score, 0, prepended (softmax
-    ignores a per-voxel shift, so this is the softmax of the logits)."""
+def _probabilities(scores: np.ndarray, shape: tuple[int, ...], margins: bool) -> np.ndarray:
+    """Class probabilities ``(K, *shape)``: the softmax of ``scores`` resampled to ``shape``
+    (scores, not probabilities, are resampled, as nnU-Net resamples logits). Margins get class
+    0's score, 0, prepended (softmax ignores a per-voxel shift, so this is the softmax of the
+    logits). The result is the only array of its size: a 512 x 512 x 1000 grid holds 1 GB per
+    class."""
+    n_classes = scores.shape[0] + int(margins)
+    probs = np.empty((n_classes, *shape), dtype=np.float32)
     if margins:
-        scores = np.concatenate([np.zeros_like(scores[:1]), scores])
-    softmax_inplace(scores)
-    return scores
+        probs[0] = 0.0
+    resample_to_shape(scores, shape, order=1, out=probs[int(margins) :])
+    softmax_inplace(probs)
+    return probs
 
 
 def segment_case(
@@ -229,7 +255,7 @@ def segment_case(
         data, geometry = load_case(
             inputs, card.in_channels, max_voxels=options.max_voxels, modality_names=card.modalities
         )
-    warnings = input_warnings(data, card)
+    warnings = input_warnings(data, card) + geometry_warnings(geometry)
     background = data[0].copy() if options.preview else None
     with clock.stage("preprocess"):
         canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
@@ -250,7 +276,7 @@ def segment_case(
         with clock.stage("save"):
             save_labels(labels, geometry, paths["labels"], inputs=inputs)
             if probs is not None:
-                probs = np.ascontiguousarray(from_canonical(probs, reorientation))
+                probs = from_canonical(probs, reorientation)  # a view, written slab by slab
                 save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
                 result.probabilities = paths["probabilities"]
             if background is not None:
@@ -295,4 +321,18 @@ def _sidecar(
         "model_sha256": engine.model.sha256,
         "model_config": card.config_name,
         "warnings": result.warnings,
+        **_probabilities_entry(result, card),
+    }
+
+
+def _probabilities_entry(result: CaseResult, card: ModelCard) -> dict[str, Any]:
+    """Where the probabilities went and the label each of their volumes is for: volume k is
+    class k, which is not label k where the card maps labels (BraTS volume 3 is label 4)."""
+    if result.probabilities is None:
+        return {}
+    return {
+        "probabilities": {
+            "output": os.path.abspath(result.probabilities),
+            "labels": [int(v) for v in card.label_values],
+        }
     }

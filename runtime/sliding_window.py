@@ -247,7 +247,10 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
 
 
 def softmax_inplace(logits: np.ndarray) -> None:
-    """Numerically stable softmax over axis 0 of ``(K, X, Y, Z)`` logits, in place."""
-    logits -= logits.max(axis=0, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=0, keepdims=True)
+    """Numerically stable softmax over axis 0 of ``(K, X, Y, Z)`` logits, in place, one X
+    slice at a time so that the max and sum temporaries stay slice-sized."""
+    for x in range(logits.shape[1]):
+        part = logits[:, x]
+        part -= part.max(axis=0, keepdims=True)
+        np.exp(part, out=part)
+        part /= part.sum(axis=0, keepdims=True)
