@@ -67,6 +67,7 @@ _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) c
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
 _STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
+_TEMP_STEM_BYTES = 200  # of an output's name in its temp name: 255-byte names must work
 _SLAB_VOXELS = 1 << 22  # voxels per read or write: bounds temporaries to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -462,12 +463,14 @@ def _read_to_end(f: BinaryIO) -> None:
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only once the block succeeds.
 
-    Data goes to ``.{name}.tmp-{pid}-{random}`` beside ``path`` (never a name a reader would
+    Data goes to ``.{name}.tmp-{pid}-{random}`` (the name cut to 200 bytes, so that names up to
+    the usual 255-byte limit work) beside ``path`` (never a name a reader would
     take for the output), is fsynced, then ``os.replace``d; on any error the temp is removed and
     ``path`` is untouched. Failures to create or move the file raise ``InputError``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    stem = path.name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
+    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:  # from before the temp exists: a signal right after its creation still removes it
         try:
             handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename

@@ -429,6 +429,13 @@ def test_failure_midway_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> 
     assert os.listdir(tmp_path) == ["seg.nii.gz"] and target.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("letter", ["x", "é"])  # one byte, two bytes in UTF-8
+def test_output_names_up_to_the_file_system_limit_are_written(tmp_path: Path, letter: str) -> None:
+    name = letter * ((255 - len(".json")) // len(letter.encode())) + ".json"
+    atomic_write_bytes(tmp_path / name, b"{}")
+    assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_bytes() == b"{}"
+
+
 def test_failing_serialisation_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
