@@ -49,6 +49,7 @@ __all__ = [
     "CaseResult",
     "SegmentOptions",
     "check_output",
+    "extent_warnings",
     "geometry_warnings",
     "input_warnings",
     "output_paths",
@@ -180,6 +181,23 @@ def geometry_warnings(geometry: ImageGeometry) -> list[str]:
     ]
 
 
+def extent_warnings(
+    shape: Sequence[int], canonical_affine: np.ndarray, card: ModelCard
+) -> list[str]:
+    """A scan that spans less than one model voxel along an axis is all but erased by the
+    resampling: most likely its voxel sizes are in the wrong unit (microns written as mm)."""
+    spacing = voxel_sizes(canonical_affine)
+    extent = [n * float(s) for n, s in zip(shape, spacing, strict=True)]
+    if all(e >= t for e, t in zip(extent, card.spacing, strict=True)):
+        return []
+    sizes = " x ".join(f"{e:.3g}" for e in extent)
+    model = " x ".join(f"{t:g}" for t in card.spacing)
+    return [
+        f"the scan spans only {sizes} mm, less than one model voxel ({model} mm) along an axis; "
+        "check the header's voxel sizes (pixdim) and their unit"
+    ]
+
+
 def _map_labels(indices: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Class indices to the card's label values (e.g. BraTS index 3 -> label 4)."""
     if list(label_values) == list(range(len(label_values))):
@@ -261,6 +279,7 @@ def segment_case(
         canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
         canonical = np.ascontiguousarray(canonical)
         canonical_shape = canonical.shape[1:]
+        warnings += extent_warnings(canonical_shape, canonical_affine, card)
         volume, resampled = to_model_grid(canonical, canonical_affine, card, options.max_voxels)
         del data, canonical
     with clock.stage("inference"):

@@ -393,6 +393,18 @@ def test_header_in_metres_is_read_in_mm_as_itk_does(model, tmp_path):
     assert sidecar["spacing_mm"] == pytest.approx(SPACING)
 
 
+def test_scan_smaller_than_one_model_voxel_warns_to_check_its_voxel_sizes(model, tmp_path):
+    data = _scan(shape=(40, 40, 30), seed=6)
+    microns_as_mm = np.diag([0.001, 0.001, 0.001, 1.0])  # a units slip: 4 cm read as 40 um
+    inputs = _write(tmp_path, "tiny", data, microns_as_mm)
+    assert _segment(model, inputs, tmp_path / "tiny.nii.gz").exit_code == 0
+    warnings = json.loads((tmp_path / "tiny.json").read_text())["warnings"]
+    assert any("less than one model voxel" in w and "pixdim" in w for w in warnings)
+    assert _segment(model, _write(tmp_path, "ok", data, _ras_affine((40, 40, 30))),
+                    tmp_path / "ok.nii.gz").exit_code == 0  # fmt: skip
+    assert json.loads((tmp_path / "ok.json").read_text())["warnings"] == []
+
+
 def test_sidecar_volume_uses_the_voxel_volume_of_a_sheared_grid(model, tmp_path):
     data = _scan(seed=6)
     affine = _ras_affine(data.shape[1:])
