@@ -16,7 +16,7 @@ from typing import Literal
 
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
-from veloxseg.runtime.nifti_io import CONVERT_DICOM, find_dicom
+from veloxseg.runtime.nifti_io import CONVERT_DICOM, find_dicom, header_volume_count
 from veloxseg.runtime.segment import CaseResult, SegmentOptions, output_paths, segment_case
 
 __all__ = [
@@ -107,6 +107,11 @@ def find_cases(folder: Path, n_modalities: int) -> list[Case]:
             problem = f"expected channels 0000..{n_modalities - 1:04d}"
             problem += f"; missing {missing}" if missing else ""
             problem += f"; unexpected {extra} (the model takes {n_modalities})" if extra else ""
+            if set(files) == {0} and (stacked := header_volume_count(files[0])) == n_modalities:
+                problem = (
+                    f"{files[0].name} holds all {stacked} modalities as one 4D file, but a folder "
+                    "run reads one file per modality: split it, or segment it alone with -i FILE"
+                )
             cases.append(Case(case_id, (), problem))
         else:
             cases.append(Case(case_id, tuple(files[c] for c in range(n_modalities))))

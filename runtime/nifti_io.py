@@ -53,6 +53,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_writer",
     "find_dicom",
+    "header_volume_count",
     "inspect_case",
     "load_case",
     "save_labels",
@@ -292,6 +293,17 @@ def _what_else(path: Path) -> tuple[str, str] | None:
     if gzipped and not gz_name:
         return "it is gzip-compressed despite its name", f"rename it to {name}.gz"
     return None
+
+
+def header_volume_count(path: Path) -> int | None:
+    """How many volumes a NIfTI file holds (the product of its axes past the third), from its
+    header alone; None if it is not a readable NIfTI file."""
+    try:
+        with _quiet_nibabel():
+            shape = nib.load(path).shape
+    except _READ_ERRORS:
+        return None
+    return math.prod(shape[3:])
 
 
 def find_dicom(folder: Path, depth: int = 2) -> Path | None:

@@ -250,3 +250,12 @@ def test_upper_case_output_suffix_is_written_compressed_with_its_sidecar(tmp_pat
     assert result.exit_code == 0, result.output
     assert (tmp_path / "SEG.NII.GZ").read_bytes()[:2] == b"\x1f\x8b"
     assert (tmp_path / "SEG.json").exists()
+
+
+def test_folder_case_stored_as_one_4d_file_says_to_split_it_or_pass_it_alone(tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _nifti(cases / "a_0000.nii.gz", np.stack([_volume(0), _volume(1)], axis=-1))
+    result = _segment([cases], tmp_path / "out")
+    assert result.exit_code == 1
+    assert "holds all 2 modalities as one 4D file" in " ".join(result.output.split())
