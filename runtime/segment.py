@@ -319,7 +319,7 @@ def _sidecar(
 ) -> dict[str, Any]:
     card = engine.metadata
     voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0  # sheared grids too
-    counts = np.bincount(labels.ravel(), minlength=max(card.label_values) + 1)
+    counts = _label_counts(labels, max(card.label_values) + 1)
     per_label = {
         name: {
             "label": int(value),
@@ -342,6 +342,15 @@ def _sidecar(
         "warnings": result.warnings,
         **_probabilities_entry(result, card),
     }
+
+
+def _label_counts(labels: np.ndarray, minlength: int) -> np.ndarray:
+    """Voxels per label value, counted one X slice at a time: ``np.bincount`` first converts
+    its input to int64, 8 bytes per voxel (2 GB for a 512 x 512 x 1000 label map)."""
+    counts = np.zeros(minlength, dtype=np.int64)
+    for plane in labels:
+        counts += np.bincount(plane.ravel(), minlength=minlength)
+    return counts
 
 
 def _probabilities_entry(result: CaseResult, card: ModelCard) -> dict[str, Any]:
