@@ -7,13 +7,16 @@ against ONNX Runtime fp32, which the table and the JSON say."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from veloxseg.runtime.autoselect import cpu_info
@@ -28,6 +31,7 @@ from veloxseg.runtime.benchmark import (
     time_interleaved,
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
+from veloxseg.runtime.nifti_io import atomic_write_bytes
 
 __all__ = [
     "FORMATS",
@@ -35,6 +39,7 @@ __all__ = [
     "PatchSource",
     "bench_input",
     "bench_patches",
+    "check_results_path",
     "cpu_description",
     "eager_note",
     "results_table",
@@ -144,6 +149,8 @@ class BenchReport:
     results: list[FormatResult]
     reference: str
     patches: PatchSource
+    sources: tuple[Path, ...] = ()
+    """The model and input files the bench read, which its result files must never replace."""
 
     @property
     def eager_ran(self) -> bool:
@@ -165,11 +172,15 @@ def bench_patches(
 
     Accuracy is against eager, or ONNX Runtime fp32 logits when eager did not run.
     ``-labels`` formats time the label-margins output; their max |Δ| is against the reference's
-    logit margins over class 0, and their agreement is that of the labels.
+    logit margins over class 0, and their agreement is that of the labels. A transient progress
+    bar on stderr counts the loads and rounds, since a full run takes minutes.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if not formats:
+        raise ValueError(f"--backends names no format; choose from {', '.join(FORMATS)}")
+    formats = list(dict.fromkeys(formats))  # a repeated name is one row, timed once
     x, source = bench_input(model, patches, inputs)
     has_margins = open_model_file(model).has_margins
     subjects: dict[str, tuple] = {}
@@ -185,7 +196,10 @@ def bench_patches(
             continue
         args = (str(model), backend, precision, threads, x, streams, output)
         subjects[name] = (engine_subject, args)
-    timed = time_interleaved(subjects, rounds, iterations)
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("loading, then timing", total=len(subjects) * (rounds + 1))
+        timed = time_interleaved(subjects, rounds, iterations, lambda: bar.advance(task))
     eager = timed.get(EAGER)
     reference_name = EAGER if isinstance(eager, tuple) else FALLBACK_REFERENCE
     reference: np.ndarray | None = None
@@ -217,7 +231,7 @@ def bench_patches(
                 **timing.stats(),
             )
         )
-    return BenchReport(results, reference_name, source)
+    return BenchReport(results, reference_name, source, (model, *(inputs or ())))
 
 
 def _reference_outputs(
@@ -281,6 +295,26 @@ def eager_note(report: BenchReport) -> str | None:
     )
 
 
+def check_results_path(path: Path, sources: Iterable[Path], example: str) -> None:
+    """Refuse a results path that is a folder, or the model or an input (symlinks and hard links
+    included): bench never replaces what it read."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass a file path such as {example}")
+    for source in sources:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise ValueError(
+                f"{path} is the bench's input {source}; bench never replaces its inputs, "
+                "choose another path"
+            )
+
+
+def _write_result(path: Path, report: BenchReport, data: bytes, example: str) -> None:
+    """Write atomically, creating the folder, so a finished run is never lost to a path."""
+    check_results_path(path, report.sources, example)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
 def write_json(path: Path, report: BenchReport, meta: dict) -> None:
     """Results plus machine, settings, accuracy reference and patch source, for
     ``benchmarks/``."""
@@ -291,11 +325,11 @@ def write_json(path: Path, report: BenchReport, meta: dict) -> None:
         "patches": report.patches.to_dict(),
         "results": [r.to_dict() for r in report.results],
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    _write_result(path, report, (json.dumps(payload, indent=2) + "\n").encode(), "bench.json")
 
 
 def write_plot(path: Path, report: BenchReport, title: str) -> None:
-    """A bar chart of patches/s per format."""
+    """A bar chart of patches/s per format (PNG, or the format the suffix names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,8 +341,12 @@ def write_plot(path: Path, report: BenchReport, title: str) -> None:
     ax.set_xlabel("patches per second")
     ax.set_title(f"{title}\npatches: {report.patches.kind}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, format=path.suffix[1:] or "png", dpi=100)
+    finally:
+        plt.close(fig)
+    _write_result(path, report, image.getvalue(), "bench.png")
 
 
 def print_results(console: Console, report: BenchReport, threads: int) -> None:

@@ -102,6 +102,7 @@ def build_card(
     """The card for a config: named defaults, then ``overrides`` (e.g. from a JSON card)."""
     fields = default_card_fields(config_name, config)
     fields.update(overrides or {})
+    _check_card_types(fields)
     norms = tuple(
         n if isinstance(n, Normalization) else Normalization(**n) for n in fields["normalization"]
     )
@@ -130,6 +131,39 @@ def build_card(
             f"card lists {card.n_classes} classes but the model outputs {config['n_classes']}"
         )
     return card
+
+
+_CARD_LISTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "modalities": ((str,), "strings"),
+    "class_names": ((str,), "strings"),
+    "label_values": ((int,), "integers"),
+    "spacing": ((int, float), "numbers"),
+    "normalization": ((dict, Normalization), 'objects such as {"scheme": "zscore"}'),
+}
+_NORMALIZATION_KEYS = tuple(Normalization.__dataclass_fields__)
+
+
+def _check_card_types(fields: dict[str, Any]) -> None:
+    """Refuse ill-typed card fields, naming the field: a string where a list belongs would become
+    one modality per character, and a stray normalisation key a bare TypeError."""
+    for key, (types_, what) in _CARD_LISTS.items():
+        value = fields[key]
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, types_) and not isinstance(v, bool) for v in value
+        )
+        if not ok:
+            raise ExportError(f"card field {key!r} must be a list of {what}, got {value!r:.80}")
+    for i, norm in enumerate(fields["normalization"]):
+        unknown = sorted(set(norm) - set(_NORMALIZATION_KEYS)) if isinstance(norm, dict) else []
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], _NORMALIZATION_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ExportError(
+                f"card normalization entry {i} has unknown key {unknown[0]!r}; {hint}"
+                f"keys: {', '.join(_NORMALIZATION_KEYS)}"
+            )
+    if not isinstance(fields.get("extra", {}), dict):
+        raise ExportError(f"card field 'extra' must be a JSON object, got {fields['extra']!r:.80}")
 
 
 def _custom_core(
@@ -266,6 +300,11 @@ def export_onnx(
         raise ExportError(
             f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start} to "
             f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        found = ", ".join(sorted(p.name for p in Path(checkpoint).glob("*.pth"))) or "none"
+        raise ExportError(
+            f"checkpoint {checkpoint} is a folder; pass a .pth file in it (found: {found})"
         )
     sidecar = Path(checkpoint).parent / NORMALIZATION_FILE if checkpoint is not None else None
     inputs = [

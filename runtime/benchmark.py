@@ -167,12 +167,17 @@ def _serve(conn: Connection, make: Callable[..., Subject], args: tuple) -> None:
 
 
 def time_interleaved(
-    subjects: dict[str, tuple[Callable[..., Subject], tuple]], rounds: int, iterations: int
+    subjects: dict[str, tuple[Callable[..., Subject], tuple]],
+    rounds: int,
+    iterations: int,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, tuple[np.ndarray, Timing] | str]:
     """Time every subject in its own process, round-robin: round r of each runs before round
     r+1 of any, so a shared machine's drifting load hits all of them alike and ratios within a
     round compare like with like. Returns per subject ``(outputs, timing)``, or the reason it
-    failed."""
+    failed. ``on_step`` is called once per subject loaded and once per subject and round (for a
+    progress bar over ``len(subjects) * (rounds + 1)`` steps; a failed subject skips its rest)."""
+    step = on_step or (lambda: None)
     context = multiprocessing.get_context("spawn")
     workers: dict[str, tuple[BaseProcess, Connection]] = {}
     for name, (make, args) in subjects.items():  # all load at once; timing waits for all
@@ -188,6 +193,7 @@ def time_interleaved(
             ready[name] = message[1]
         else:
             results[name] = f"failed: {message[1]}"
+        step()
     rounds_done: dict[str, list[tuple[float, int, list[float]]]] = {n: [] for n in ready}
     for _ in range(rounds):
         for name in list(ready):
@@ -199,6 +205,7 @@ def time_interleaved(
                 del ready[name]
             else:
                 rounds_done[name].append(reply)
+            step()
             time.sleep(0.05)  # let the last subject's spinning threads go idle
     for name, outputs in ready.items():
         conn = workers[name][1]
