@@ -5,6 +5,7 @@ alike."""
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,15 @@ from scipy import ndimage
 from veloxseg.runtime.nifti_io import ImageGeometry, atomic_write_bytes
 from veloxseg.runtime.orientation import to_canonical
 
-__all__ = ["preview_centre", "write_preview"]
+__all__ = ["preview_centre", "preview_stride", "write_preview"]
+
+_PREVIEW_VOXELS = 1 << 25  # 32 M: still finer than the PNG's ~320 pixels per panel
+
+
+def preview_stride(shape: tuple[int, ...]) -> int:
+    """Every how many voxels a preview samples a scan of ``shape``, so that the image kept for
+    it, the component labelling and the window levels stay near 32 M voxels, not 1 GB each."""
+    return max(1, math.ceil((math.prod(shape) / _PREVIEW_VOXELS) ** (1 / 3)))
 
 
 def preview_centre(labels: np.ndarray) -> tuple[int, int, int]:
@@ -29,10 +38,13 @@ def preview_centre(labels: np.ndarray) -> tuple[int, int, int]:
 
 
 def write_preview(
-    labels: np.ndarray, image: np.ndarray, geometry: ImageGeometry, path: Path
+    labels: np.ndarray, image: np.ndarray, geometry: ImageGeometry, path: Path, stride: int = 1
 ) -> None:
     """Write axial, coronal and sagittal slices of ``image`` with ``labels`` overlaid (both
-    (X, Y, Z) in file order), turned to RAS, aspect from the voxel size, to ``path``."""
+    (X, Y, Z) in file order), turned to RAS, aspect from the voxel size, to ``path``.
+    ``image`` may be sampled every ``stride`` voxels (``full[::stride, ::stride, ::stride]``);
+    the labels are then sampled alike, and titles give slice numbers of the full grid."""
+    labels = labels[::stride, ::stride, ::stride]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,9 +56,9 @@ def write_preview(
     cx, cy, cz = preview_centre(labels)
     sx, sy, sz = voxel_sizes(affine)
     views = [
-        (f"axial {cz}", np.s_[:, :, cz], sy / sx),
-        (f"coronal {cy}", np.s_[:, cy, :], sz / sx),
-        (f"sagittal {cx}", np.s_[cx, :, :], sz / sy),
+        (f"axial {cz * stride}", np.s_[:, :, cz], sy / sx),
+        (f"coronal {cy * stride}", np.s_[:, cy, :], sz / sx),
+        (f"sagittal {cx * stride}", np.s_[cx, :, :], sz / sy),
     ]
     low, high = np.percentile(image, [1, 99])
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.5), layout="constrained")  # titles fit

@@ -274,7 +274,11 @@ def segment_case(
             inputs, card.in_channels, max_voxels=options.max_voxels, modality_names=card.modalities
         )
     warnings = input_warnings(data, card) + geometry_warnings(geometry)
-    background = data[0].copy() if options.preview else None
+    if options.preview:  # a sample of the first modality, kept until the labels are known
+        from veloxseg.runtime.preview import preview_stride
+
+        stride = preview_stride(geometry.shape)
+        background = data[0, ::stride, ::stride, ::stride].copy()
     with clock.stage("preprocess"):
         canonical, canonical_affine, reorientation = to_canonical(data, geometry.affine)
         canonical = np.ascontiguousarray(canonical)
@@ -298,10 +302,10 @@ def segment_case(
                 probs = from_canonical(probs, reorientation)  # a view, written slab by slab
                 save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
                 result.probabilities = paths["probabilities"]
-            if background is not None:
+            if options.preview:
                 from veloxseg.runtime.preview import write_preview
 
-                write_preview(labels, background, geometry, paths["preview"])
+                write_preview(labels, background, geometry, paths["preview"], stride)
                 result.preview = paths["preview"]
         result.timings = clock.timings
         result.summary = _sidecar(engine, labels, geometry, inputs, result)

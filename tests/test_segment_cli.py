@@ -355,6 +355,15 @@ def test_preview_is_the_same_picture_in_every_orientation(tmp_path):
     assert len(pictures) == 1
 
 
+def test_preview_samples_only_scans_too_large_to_keep_a_copy_of():
+    from veloxseg.runtime.preview import preview_stride
+
+    assert preview_stride((128, 128, 96)) == 1 and preview_stride((320, 320, 320)) == 1
+    whole_body = (512, 512, 1000)
+    stride = preview_stride(whole_body)
+    assert stride == 2 and np.prod([-(-n // stride) for n in whole_body]) <= 1 << 25
+
+
 @pytest.mark.parametrize("spacing", [SPACING, (1.5, 1.5, 4.0)], ids=["model-grid", "resampled"])
 def test_saving_probabilities_adds_a_file_without_changing_the_labels(model, tmp_path, spacing):
     data = _scan((70, 64, 30), seed=4)
