@@ -332,10 +332,17 @@ def demo(
     options = _segment_options(
         overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, preview=True
     )
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"demo output {output} is a file; pass a folder with -o")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"cannot create {output} ({e.strerror}); pass a writable folder with -o"
+        ) from e
     start = time.perf_counter()
     engine = _open_engine(None, backend, precision, threads)
     load = time.perf_counter() - start
-    output.mkdir(parents=True, exist_ok=True)
     result = _run_case(engine, inputs, output / "sample_seg.nii.gz", options, quiet, load)
     predicted = nib.load(result.output).get_fdata() > 0
     reference = nib.load(label_path).get_fdata() > 0
@@ -399,6 +406,12 @@ def export(
             "is normalised wrongly; re-export with --card FILE.json holding a 'normalization' "
             "list (e.g. the normalization.json that veloxseg train writes)"
         )
+    if result.generic_card_fields:
+        _notice(
+            f"config {result.card.config_name!r} has no named card defaults, so the card's "
+            f"{', '.join(result.generic_card_fields)} are generic guesses (channel0..., z-score, "
+            "1 mm); re-export with --card FILE.json giving what the model was trained with"
+        )
 
 
 @app.command()
@@ -455,6 +468,7 @@ def bench(
     from veloxseg.cli.bench import (
         FORMATS,
         bench_patches,
+        check_results_path,
         cpu_description,
         eager_note,
         print_results,
@@ -466,6 +480,9 @@ def bench(
         from veloxseg.assets import bundled_model
 
         model = bundled_model()
+    for path, example in ((json_out, "bench.json"), (plot, "bench.png")):
+        if path is not None:  # in milliseconds, not after minutes of timing
+            check_results_path(path, [model, *(input or [])], example)
     formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
     report = bench_patches(
         model, [f for f in formats if f], threads, iterations, rounds=rounds, inputs=input

@@ -308,9 +308,8 @@ def check_results_path(path: Path, sources: Iterable[Path], example: str) -> Non
             )
 
 
-def _write_result(path: Path, report: BenchReport, data: bytes, example: str) -> None:
+def _write_result(path: Path, data: bytes) -> None:
     """Write atomically, creating the folder, so a finished run is never lost to a path."""
-    check_results_path(path, report.sources, example)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
 
@@ -318,6 +317,7 @@ def _write_result(path: Path, report: BenchReport, data: bytes, example: str) ->
 def write_json(path: Path, report: BenchReport, meta: dict) -> None:
     """Results plus machine, settings, accuracy reference and patch source, for
     ``benchmarks/``."""
+    check_results_path(path, report.sources, "bench.json")
     payload = {
         "machine": cpu_description(),
         **meta,
@@ -325,11 +325,12 @@ def write_json(path: Path, report: BenchReport, meta: dict) -> None:
         "patches": report.patches.to_dict(),
         "results": [r.to_dict() for r in report.results],
     }
-    _write_result(path, report, (json.dumps(payload, indent=2) + "\n").encode(), "bench.json")
+    _write_result(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def write_plot(path: Path, report: BenchReport, title: str) -> None:
     """A bar chart of patches/s per format (PNG, or the format the suffix names)."""
+    check_results_path(path, report.sources, "bench.png")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,7 +347,7 @@ def write_plot(path: Path, report: BenchReport, title: str) -> None:
         fig.savefig(image, format=path.suffix[1:] or "png", dpi=100)
     finally:
         plt.close(fig)
-    _write_result(path, report, image.getvalue(), "bench.png")
+    _write_result(path, image.getvalue())
 
 
 def print_results(console: Console, report: BenchReport, threads: int) -> None:

@@ -24,7 +24,7 @@ import onnx
 import torch
 
 from veloxseg import __version__
-from veloxseg.export.card_defaults import default_card_fields
+from veloxseg.export.card_defaults import DEFAULT_CARDS, default_card_fields
 from veloxseg.export.inference_graph import (
     export_forward,
     merged_embed,
@@ -65,6 +65,7 @@ IR_VERSION = 10  # function overloads need IR 10
 NORMALIZATION_FILE = "normalization.json"
 """What ``veloxseg train`` writes beside its checkpoints: card fields measured on its data."""
 _TRAINING_CARD_FIELDS = ("modalities", "normalization", "spacing")
+_GUESSED = ("modalities", "normalization", "spacing")  # what preprocessing rests on
 
 
 class ExportError(VeloxSegError, ValueError):
@@ -83,6 +84,9 @@ class ExportResult:
     """The training run's ``normalization.json`` that the card's normalisation came from."""
     placeholder_statistics: bool
     """The card's CT statistics are the config's placeholders, not measured on training data."""
+    generic_card_fields: tuple[str, ...] = ()
+    """Card fields left at generic guesses (``channel0``, z-score, 1 mm): the config has no named
+    defaults and neither ``--card`` nor the training run's file gave them."""
 
 
 def _sha256(path: Path) -> str:
@@ -341,6 +345,7 @@ def export_onnx(
     placeholders = "normalization" not in overrides and any(
         n.scheme == "ct" for n in card.normalization
     )
+    generic = () if name in DEFAULT_CARDS else tuple(f for f in _GUESSED if f not in overrides)
     export_model, schemes = _prepare_for_export(model)
     example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
     proto = _trace_to_onnx(export_model, example, opset)
@@ -361,7 +366,7 @@ def export_onnx(
 
             diffs = verify_export(model, Path(staged.name), tolerance=tolerance)
     return ExportResult(
-        output, card, len(custom_nodes(proto)), diffs, normalization_file, placeholders
+        output, card, len(custom_nodes(proto)), diffs, normalization_file, placeholders, generic
     )
 
 

@@ -39,7 +39,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4": noise in a 1-line error
             warnings.simplefilter("ignore")

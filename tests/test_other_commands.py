@@ -150,3 +150,19 @@ def test_export_of_an_unnamed_upstream_config_reports_the_card_fields_left_gener
     result = export_onnx(None, config, tmp_path / "m.onnx", card_overrides=card, verify=False)
     assert result.card.config_name == "mypet"
     assert result.generic_card_fields == ("normalization", "spacing")
+
+
+def test_bench_refuses_a_results_path_over_its_model_before_timing_anything(tmp_path):
+    model = tmp_path / "model.onnx"
+    shutil.copy(bundled_model(), model)
+    result = _invoke("bench", "-m", model, "--json", model, *QUICK)
+    assert result.exit_code == 2
+    assert "never replaces its inputs" in _one_line(result)  # no table: nothing was timed
+
+
+def test_demo_into_an_existing_file_says_to_pass_a_folder(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    result = _invoke("demo", "-o", taken, "--threads", "1")
+    assert result.exit_code == 2 and "is a file; pass a folder with -o" in _one_line(result)
+    assert taken.read_text() == "keep me"
