@@ -69,6 +69,7 @@ _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
 _STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
 _TEMP_STEM_BYTES = 200  # of an output's name in its temp name: 255-byte names must work
+_COPY_ROWS = 32  # Y rows per transposing copy while reading: in cache, 1.6-2.4x faster than whole
 _SLAB_VOXELS = 1 << 22  # voxels per read or write: bounds temporaries to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -444,7 +445,10 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
                 block = array_from_file(
                     (nx, ny, k), dtype, f, offset + z * nx * ny * dtype.itemsize, mmap=False
                 )
-                out[:, :, z : z + k] = apply_read_scaling(block, slope, inter)
+                scaled = apply_read_scaling(block, slope, inter)
+                for y in range(0, ny, _COPY_ROWS):  # the file's x-fastest slab into our
+                    rows = slice(y, y + _COPY_ROWS)  # z-fastest array, a few rows at a time
+                    out[:, rows, z : z + k] = scaled[:, rows]
             if last:
                 _read_to_end(f)
     except _READ_ERRORS as e:
