@@ -28,6 +28,7 @@ from veloxseg.runtime.backends import (
     create_backend,
     require_backend,
 )
+from veloxseg.runtime.cache_dir import cache_root
 from veloxseg.runtime.model_file import ModelFile
 
 __all__ = ["MIN_AGREEMENT", "cache_path", "choose_format", "cpu_info", "cpu_signature"]
@@ -64,8 +65,7 @@ def _has_native_bf16() -> bool:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("VELOXSEG_CACHE_DIR") or Path.home() / ".cache" / "veloxseg"
-    return Path(root) / "autoselect.json"
+    return cache_root() / "autoselect.json"
 
 
 def _cache_key(model: ModelFile, threads: int) -> str:

@@ -222,3 +222,23 @@ def test_info_prints_whole_hashes_at_80_columns():
     assert result.exit_code == 0
     text = "".join(ch for ch in result.output if ch.isalnum())
     assert open_model_file(bundled_model()).sha256 in text
+
+
+def test_openvino_compiles_once_into_the_cache_and_the_cached_model_gives_the_same_output(
+    tmp_path, monkeypatch
+):
+    from veloxseg.assets import bundled_model
+
+    x = np.random.default_rng(8).normal(size=(1, 2, 96, 96, 96)).astype(np.float32)
+    monkeypatch.setenv("VELOXSEG_CACHE_DIR", str(tmp_path / "cache"))
+    outputs = [
+        Engine.open(bundled_model(), "openvino", "fp32", threads=2).predict_patches(x)
+        for _ in range(2)  # the first compiles and stores, the second loads the stored blob
+    ]
+    assert len(list((tmp_path / "cache" / "openvino").iterdir())) == 1
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("VELOXSEG_CACHE_DIR", str(blocked))  # no cache: still runs, uncached
+    uncached = Engine.open(bundled_model(), "openvino", "fp32", threads=2).predict_patches(x)
+    np.testing.assert_array_equal(uncached, outputs[0])

@@ -8,6 +8,7 @@ import queue
 import numpy as np
 
 from veloxseg.runtime.backends.base import BackendOptions
+from veloxseg.runtime.cache_dir import writable_cache_folder
 from veloxseg.runtime.errors import ModelFileError
 from veloxseg.runtime.model_file import ModelFile
 from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
@@ -39,6 +40,8 @@ class OpenVINOBackend:
             config["NUM_STREAMS"] = options.streams
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = options.threads
+        if (compiled_models := writable_cache_folder("openvino")) is not None:
+            config["CACHE_DIR"] = str(compiled_models)  # compile once: 0.6 -> 0.26 s per start
         try:
             graph = core.read_model(str(model.path))
             for result in list(graph.get_results()):  # dropping a Result drops its branch
