@@ -7,7 +7,6 @@ exist: a run killed mid-case redoes that case on the next start.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,12 @@ from typing import Literal
 
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
-from veloxseg.runtime.nifti_io import CONVERT_DICOM, find_dicom, header_volume_count
+from veloxseg.runtime.nifti_io import (
+    CONVERT_DICOM,
+    find_dicom,
+    header_volume_count,
+    nearest_unwritable_folder,
+)
 from veloxseg.runtime.segment import CaseResult, SegmentOptions, output_paths, segment_case
 
 __all__ = [
@@ -199,12 +203,9 @@ def check_folder_run(input_dir: Path, output_dir: Path, n_modalities: int) -> li
             f"-o {output_dir} names a file, but a folder of cases writes a folder of outputs; "
             "pass an output folder"
         )
-    existing = output_dir.absolute()
-    while not existing.exists():  # the folders still to create go under the nearest existing one
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if (folder := nearest_unwritable_folder(output_dir)) is not None:
         raise InputError(
-            f"cannot write into the output folder {output_dir} ({existing} is not writable); "
+            f"cannot write into the output folder {output_dir} ({folder} is not writable); "
             "choose another -o"
         )
     return cases

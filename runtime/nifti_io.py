@@ -56,6 +56,7 @@ __all__ = [
     "header_volume_count",
     "inspect_case",
     "load_case",
+    "nearest_unwritable_folder",
     "save_labels",
     "save_probabilities",
     "staged_outputs",
@@ -297,14 +298,21 @@ def _what_else(path: Path) -> tuple[str, str] | None:
 
 
 def header_volume_count(path: Path) -> int | None:
-    """How many volumes a NIfTI file holds (the product of its axes past the third), from its
-    header alone; None if it is not a readable NIfTI file."""
+    """How many volumes a NIfTI file holds, as :func:`load_case` counts them, from its header
+    alone; None where loading would refuse the file anyway."""
     try:
-        with _quiet_nibabel():
-            shape = nib.load(path).shape
-    except _READ_ERRORS:
+        return _count_volumes(_open(path), path)
+    except InputError:
         return None
-    return math.prod(shape[3:])
+
+
+def nearest_unwritable_folder(path: Path) -> Path | None:
+    """The nearest existing folder at or above ``path`` (the folders still to create go under
+    it) if it cannot be written, else None: checked before the work, not found after it."""
+    folder = path.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK | os.X_OK) else folder
 
 
 def find_dicom(folder: Path, depth: int = 2) -> Path | None:

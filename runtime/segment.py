@@ -29,6 +29,7 @@ from veloxseg.runtime.nifti_io import (
     ImageGeometry,
     atomic_write_bytes,
     load_case,
+    nearest_unwritable_folder,
     save_labels,
     save_probabilities,
     staged_outputs,
@@ -121,10 +122,7 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
         raise InputError(
             f"output {output} must end in .nii.gz or .nii (e.g. {output.with_suffix('')}.nii.gz)"
         )
-    folder = output.absolute().parent
-    while not folder.exists():  # the folders still to create go under the nearest existing one
-        folder = folder.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if (folder := nearest_unwritable_folder(output.parent)) is not None:
         raise InputError(f"cannot write {output}: {folder} is not writable; choose another -o")
     sources = {Path(p).resolve() for p in inputs}
     for path in output_paths(output).values():
