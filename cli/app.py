@@ -326,6 +326,7 @@ def demo(
     import nibabel as nib
 
     from veloxseg.assets import sample_case
+    from veloxseg.runtime.nifti_io import create_output_folder
     from veloxseg.train.metrics import dice
 
     inputs, label_path = sample_case()
@@ -334,12 +335,7 @@ def demo(
     )
     if output.exists() and not output.is_dir():
         raise ValueError(f"demo output {output} is a file; pass a folder with -o")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(
-            f"cannot create {output} ({e.strerror}); pass a writable folder with -o"
-        ) from e
+    create_output_folder(output)
     start = time.perf_counter()
     engine = _open_engine(None, backend, precision, threads)
     load = time.perf_counter() - start

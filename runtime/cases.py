@@ -17,6 +17,7 @@ from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.nifti_io import (
     CONVERT_DICOM,
+    create_output_folder,
     find_dicom,
     header_volume_count,
     nearest_unwritable_folder,
@@ -214,12 +215,7 @@ def check_folder_run(input_dir: Path, output_dir: Path, n_modalities: int) -> li
 def prepare_folder(input_dir: Path, output_dir: Path, n_modalities: int) -> list[Case]:
     """:func:`check_folder_run`, then create the output folder."""
     cases = check_folder_run(input_dir, output_dir, n_modalities)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(
-            f"cannot create the output folder {output_dir} ({e.strerror}); choose another -o"
-        ) from e
+    create_output_folder(output_dir)
     return cases
 
 

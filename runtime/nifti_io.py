@@ -52,6 +52,7 @@ __all__ = [
     "ImageGeometry",
     "atomic_write_bytes",
     "atomic_writer",
+    "create_output_folder",
     "find_dicom",
     "header_volume_count",
     "inspect_case",
@@ -304,6 +305,16 @@ def header_volume_count(path: Path) -> int | None:
         return _count_volumes(_open(path), path)
     except InputError:
         return None
+
+
+def create_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) for outputs, or say in one line why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"cannot create the output folder {folder} ({e.strerror}); choose another -o"
+        ) from e
 
 
 def nearest_unwritable_folder(path: Path) -> Path | None:

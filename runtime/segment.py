@@ -28,6 +28,7 @@ from veloxseg.runtime.nifti_io import (
     DEFAULT_MAX_VOXELS,
     ImageGeometry,
     atomic_write_bytes,
+    create_output_folder,
     load_case,
     nearest_unwritable_folder,
     save_labels,
@@ -261,10 +262,7 @@ def segment_case(
     options = options or SegmentOptions()
     output = Path(output)
     check_output(output, inputs)
-    try:  # before the work, as nnU-Net does: a missing folder must not cost a whole inference
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output folder {output.parent}: {e.strerror}") from e
+    create_output_folder(output.parent)  # before the work: a missing folder costs no inference
     card = engine.metadata
     clock = _Stopwatch()
     with clock.stage("load"):
