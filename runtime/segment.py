@@ -88,14 +88,16 @@ class CaseResult:
 
 
 def output_paths(output: Path) -> dict[str, Path]:
-    """The files a case writes beside ``output`` (``x.nii.gz`` -> ``x.json``, ``x.png``...)."""
+    """The files a case writes beside ``output`` (``x.nii.gz`` -> ``x.json``, ``x.png``...);
+    probabilities take the labels' suffix, so ``-o x.nii`` writes them uncompressed too (a
+    float volume per class: compressing 2 GB of them took 40 s on a whole-body grid)."""
     name = output.name
     stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else output.stem
     return {
         "labels": output,
         "sidecar": output.with_name(stem + ".json"),
         "preview": output.with_name(stem + ".png"),
-        "probabilities": output.with_name(stem + "_probabilities.nii.gz"),
+        "probabilities": output.with_name(stem + "_probabilities" + name[len(stem) :]),
     }
 
 

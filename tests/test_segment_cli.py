@@ -355,6 +355,13 @@ def test_preview_is_the_same_picture_in_every_orientation(tmp_path):
     assert len(pictures) == 1
 
 
+def test_probabilities_take_the_suffix_of_the_labels(model, tmp_path):
+    inputs = _write(tmp_path, "sfx", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    assert _segment(model, inputs, tmp_path / "seg.nii", "--save-probabilities").exit_code == 0
+    raw = (tmp_path / "seg_probabilities.nii").read_bytes()
+    assert raw[:2] != b"\x1f\x8b" and nib.load(tmp_path / "seg_probabilities.nii").shape[-1] == 2
+
+
 def test_preview_samples_only_scans_too_large_to_keep_a_copy_of():
     from veloxseg.runtime.preview import preview_stride
 
