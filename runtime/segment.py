@@ -26,6 +26,7 @@ from veloxseg.runtime.errors import InputError
 from veloxseg.runtime.model_file import MARGINS
 from veloxseg.runtime.nifti_io import (
     DEFAULT_MAX_VOXELS,
+    TRANSLATION_TOL_MM,
     ImageGeometry,
     atomic_write_bytes,
     create_output_folder,
@@ -170,16 +171,31 @@ def input_warnings(data: np.ndarray, card: ModelCard) -> list[str]:
 
 
 def geometry_warnings(geometry: ImageGeometry) -> list[str]:
-    """A header with qform_code and sform_code both 0 says nothing about orientation: nibabel
-    (and so the model) takes it as LAS, ITK as LPS, so the model may see the scan mirrored."""
+    """Headers whose placement tools read differently. Codes both 0 say nothing about
+    orientation: nibabel (and so the model) takes LAS, ITK LPS, so the model may see the scan
+    mirrored. A qform and sform that disagree place the scan in two ways: the sform is used, as
+    nibabel does, while ITK tools may use the qform (outputs keep both, so each tool stays
+    consistent with itself)."""
     header = geometry.header
-    if int(header["qform_code"]) or int(header["sform_code"]):
+    q_code, s_code = int(header["qform_code"]), int(header["sform_code"])
+    if not q_code and not s_code:
+        return [
+            "the header's qform_code and sform_code are both 0, so the scan's orientation is "
+            "unknown; it was taken as LAS (nibabel's default; ITK tools assume LPS): set the "
+            "qform/sform from the scanner's DICOM if the labels look mirrored"
+        ]
+    if not (q_code and s_code):
         return []
-    return [
-        "the header's qform_code and sform_code are both 0, so the scan's orientation is unknown; "
-        "it was taken as LAS (nibabel's default; ITK tools assume LPS): set the qform/sform "
-        "from the scanner's DICOM if the labels look mirrored"
-    ]
+    try:
+        gap = float(np.abs(header.get_qform() - header.get_sform()).max())
+    except ValueError:  # a qform quaternion past unit length: no placement to compare
+        return []
+    if gap > TRANSLATION_TOL_MM:
+        return [
+            f"the header's qform and sform disagree (by up to {gap:.3g} mm); the sform was used, "
+            "as nibabel does, while ITK-based tools may place the scan by the qform"
+        ]
+    return []
 
 
 def extent_warnings(

@@ -232,6 +232,20 @@ def test_header_without_any_orientation_code_warns_that_orientation_is_unknown(a
     _assert_on_input_grid(files[0], out)
 
 
+def test_qform_and_sform_that_disagree_warn_which_one_was_used(autopet, tmp_path):
+    scan, affine = _ct_pet((36, 30, 20), 7), _affine((2.0, 2.0, 3.0))
+    shifted = affine.copy()
+    shifted[:3, 3] += 5.0  # the qform puts the scan 5 mm away from where the sform does
+    agree = _write(tmp_path, "agree", scan, affine)
+    apart = _write(tmp_path, "apart", scan, affine, qform_affine=shifted)
+    assert _segment(autopet, agree, tmp_path / "agree.nii.gz").exit_code == 0
+    assert _segment(autopet, apart, tmp_path / "apart.nii.gz").exit_code == 0
+    assert json.loads((tmp_path / "agree.json").read_text())["warnings"] == []
+    warnings = json.loads((tmp_path / "apart.json").read_text())["warnings"]
+    said = "qform and sform disagree (by up to 5 mm); the sform was used"
+    assert any(said in w for w in warnings)
+
+
 @pytest.mark.parametrize(
     ("shape", "spacing"),
     [((20, 20, 10), (2.0, 2.0, 3.0)), ((40, 36, 2), (1.0, 1.0, 1.0)), ((60, 60, 4), (0.5, 0.5, 6))],
