@@ -7,6 +7,7 @@ ops) lets stock ONNX Runtime run the file; the OpenVINO runtime maps the node to
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
@@ -356,15 +357,22 @@ def export_onnx(
     proto.producer_version = __version__
     onnx.helper.set_model_props(proto, {CARD_KEY: card.to_json()})
     onnx.checker.check_model(proto)
+    created = [p for p in (output.parent, *output.parent.parents) if not p.exists()]
     output.parent.mkdir(parents=True, exist_ok=True)
     diffs: dict[str, float] = {}
-    with atomic_writer(output) as staged:
-        staged.write(proto.SerializeToString())
-        staged.flush()
-        if verify:
-            from veloxseg.export.verify import verify_export
+    try:
+        with atomic_writer(output) as staged:
+            staged.write(proto.SerializeToString())
+            staged.flush()
+            if verify:
+                from veloxseg.export.verify import verify_export
 
-            diffs = verify_export(model, Path(staged.name), tolerance=tolerance)
+                diffs = verify_export(model, Path(staged.name), tolerance=tolerance)
+    except BaseException:  # a failed export leaves nothing, not even the folders it made
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return ExportResult(
         output, card, len(custom_nodes(proto)), diffs, normalization_file, placeholders, generic
     )

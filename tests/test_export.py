@@ -235,11 +235,11 @@ def test_export_failing_verification_leaves_no_file_and_keeps_an_existing_one(tm
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "old.onnx").write_text("keep")
-    for output in (folder / "new.onnx", folder / "old.onnx"):
+    for output in (folder / "new.onnx", folder / "old.onnx", folder / "new" / "sub" / "m.onnx"):
         result = _export(tmp_path / "nan.pth", "-c", "autopetii", "-o", output, "--overwrite")
         assert result.exit_code == 1
         assert "max |Δlogit|" in _one_line(result)
-    assert [p.name for p in folder.iterdir()] == ["old.onnx"]  # no temp file either
+    assert [p.name for p in folder.iterdir()] == ["old.onnx"]  # no temp file or new folder
     assert (folder / "old.onnx").read_text() == "keep"
 
 
