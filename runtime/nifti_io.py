@@ -283,7 +283,7 @@ def _what_else(path: Path) -> tuple[str, str] | None:
     sizeof_hdr = {int.from_bytes(head[:4], order) for order in ("little", "big")}
     if not head:
         return "the file is empty", "re-export or re-download it"
-    if head[128:] == b"DICM" or path.suffix.lower() in _DICOM_SUFFIXES:
+    if _is_dicom(path):
         return "it is a DICOM file", CONVERT_DICOM
     if head.startswith(b"PK\x03\x04"):
         return "it is a zip archive", "unzip it and pass the images inside"
