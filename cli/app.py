@@ -118,18 +118,6 @@ def _open_engine(model: Path | None, backend: str, precision: str, threads: int 
     return engine
 
 
-def _segment_options(**kwargs: Any):  # type: ignore[no-untyped-def]
-    from veloxseg.runtime.segment import SegmentOptions
-
-    if kwargs["blend"] not in ("constant", "gaussian"):
-        raise ValueError(f"--blend must be constant or gaussian, got {kwargs['blend']!r}")
-    if not 0.0 <= kwargs["overlap"] < 1.0:  # here, not after the model's compile
-        raise ValueError(f"--overlap must be in [0, 1), got {kwargs['overlap']!r}")
-    if kwargs["batch_size"] < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {kwargs['batch_size']}")
-    return SegmentOptions(**kwargs)
-
-
 @app.command()
 @friendly_errors
 def segment(
@@ -174,7 +162,9 @@ def segment(
     ] = None,
 ) -> None:
     """Segment NIfTI scans: one case (-i per modality, or one 4D file), or a folder of cases."""
-    options = _segment_options(
+    from veloxseg.runtime.segment import SegmentOptions
+
+    options = SegmentOptions(  # checked here, before the model's compile
         overlap=overlap, blend=blend, batch_size=batch_size, tta=tta,
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
@@ -186,7 +176,7 @@ def segment(
                     "note")  # fmt: skip
         threads = cores  # more only oversubscribes: 64 threads ran 9x slower on 2 cores
     if not folder:
-        _check_outputs_free(input, output, overwrite, save_probabilities, preview)
+        _check_outputs_free(input, output, options, overwrite)
     if ray or ray_address or workers:
         if not folder:
             _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
@@ -200,22 +190,18 @@ def segment(
     if folder:
         _run_folder(engine, input[0], output, options, overwrite, quiet)
     else:
-        _run_case(engine, input, output, options, quiet, time.perf_counter() - start)
+        load = time.perf_counter() - start
+        _run_case(engine, input, output, options, overwrite=overwrite, quiet=quiet, load=load)
 
 
-def _check_outputs_free(
-    inputs: list[Path], output: Path, overwrite: bool, probabilities: bool, preview: bool
-) -> None:
+def _check_outputs_free(inputs: list[Path], output: Path, options: Any, overwrite: bool) -> None:
     """Refuse, before any work, to write over an input or (without --overwrite) over any file
-    the case would write: the labels, the JSON sidecar, probabilities, preview."""
-    from veloxseg.runtime.segment import check_output, output_paths
+    the case would write."""
+    from veloxseg.runtime.segment import check_output, check_outputs_free
 
     check_output(output, inputs)
-    paths = output_paths(output)
-    wanted = ["labels", "sidecar"] + ["probabilities"] * probabilities + ["preview"] * preview
-    taken = [paths[name] for name in wanted if paths[name].exists()]
-    if taken and not overwrite:
-        _fail(f"{taken[0]} exists; pass --overwrite to replace it", 2)
+    if not overwrite:
+        check_outputs_free(output, options)
 
 
 def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int) -> None:
@@ -229,12 +215,15 @@ def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int
     inspect_case(inputs, card.in_channels, max_voxels=max_voxels, modality_names=card.modalities)
 
 
-def _run_case(engine, inputs: list[Path], output: Path, options, quiet: bool, load: float = 0.0):  # type: ignore[no-untyped-def]
+def _run_case(  # type: ignore[no-untyped-def]
+    engine, inputs: list[Path], output: Path, options, *, overwrite: bool, quiet: bool, load: float
+):
     from dataclasses import replace
 
     from veloxseg.runtime.segment import segment_case
 
-    result = segment_case(engine, inputs, output, replace(options, progress=not quiet))
+    options = replace(options, progress=not quiet)
+    result = segment_case(engine, inputs, output, options, overwrite=overwrite)
     if not quiet:  # --quiet, as TotalSegmentator's: warnings stay in the sidecar
         for warning in result.warnings:
             _notice(warning)
@@ -330,7 +319,9 @@ def demo(
     from veloxseg.train.metrics import dice
 
     inputs, label_path = sample_case()
-    options = _segment_options(
+    from veloxseg.runtime.segment import SegmentOptions
+
+    options = SegmentOptions(  # checked here, before the model's compile
         overlap=overlap, blend=blend, batch_size=batch_size, tta=tta, preview=True
     )
     if output.exists() and not output.is_dir():
@@ -339,7 +330,8 @@ def demo(
     start = time.perf_counter()
     engine = _open_engine(None, backend, precision, threads)
     load = time.perf_counter() - start
-    result = _run_case(engine, inputs, output / "sample_seg.nii.gz", options, quiet, load)
+    output = output / "sample_seg.nii.gz"  # a rerun replaces the last demo's outputs
+    result = _run_case(engine, inputs, output, options, overwrite=True, quiet=quiet, load=load)
     predicted = nib.load(result.output).get_fdata() > 0
     reference = nib.load(label_path).get_fdata() > 0
     typer.echo(f"Dice vs sample label: {dice(predicted, reference):.3f}")

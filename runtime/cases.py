@@ -230,7 +230,8 @@ def run_case(
     if is_finished(output) and not overwrite:
         return "skipped", None
     try:
-        return "done", segment_case(engine, case.files, output, options)
+        # an unfinished case's leftovers (labels without a sidecar) are replaced
+        return "done", segment_case(engine, case.files, output, options, overwrite=True)
     except (ValueError, OSError, MemoryError) as e:
         return "failed", str(e).splitlines()[0] if str(e) else repr(e)
 

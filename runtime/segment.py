@@ -52,6 +52,7 @@ __all__ = [
     "CaseResult",
     "SegmentOptions",
     "check_output",
+    "check_outputs_free",
     "extent_warnings",
     "geometry_warnings",
     "input_warnings",
@@ -73,6 +74,17 @@ class SegmentOptions:
     preview: bool = False
     progress: bool = False
     max_voxels: int = DEFAULT_MAX_VOXELS
+
+    def __post_init__(self) -> None:
+        """Refuse bad values when the options are made, not once per case after its load."""
+        if self.blend not in ("constant", "gaussian"):
+            raise ValueError(f"blend must be constant or gaussian, got {self.blend!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_voxels < 1:
+            raise ValueError(f"max voxels must be at least 1, got {self.max_voxels}")
 
 
 @dataclass
@@ -132,6 +144,16 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
     for path in output_paths(output).values():
         if path.resolve() in sources:
             raise InputError(f"output {path} would overwrite an input; choose another output path")
+
+
+def check_outputs_free(output: Path, options: SegmentOptions) -> None:
+    """Refuse to replace any file the case would write (labels, sidecar, and probabilities and
+    preview where asked for) that already exists."""
+    paths = output_paths(output)
+    wanted = ["labels", "sidecar"]
+    wanted += ["probabilities"] * options.save_probabilities + ["preview"] * options.preview
+    if taken := [paths[name] for name in wanted if paths[name].exists()]:
+        raise InputError(f"{taken[0]} exists; pass --overwrite to replace it")
 
 
 def to_model_grid(
@@ -271,15 +293,20 @@ def segment_case(
     inputs: Sequence[Path],
     output: Path,
     options: SegmentOptions | None = None,
+    *,
+    overwrite: bool = False,
 ) -> CaseResult:
     """Segment the scan in ``inputs`` (one file per modality, or one 4D file) into ``output``.
 
     The label map has the input's shape, affine and qform/sform codes; nothing is written under
-    a final name unless the whole case succeeded.
+    a final name unless the whole case succeeded, and existing outputs are replaced only with
+    ``overwrite``.
     """
     options = options or SegmentOptions()
     output = Path(output)
     check_output(output, inputs)
+    if not overwrite:
+        check_outputs_free(output, options)
     create_output_folder(output.parent)  # before the work: a missing folder costs no inference
     card = engine.metadata
     clock = _Stopwatch()

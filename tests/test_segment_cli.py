@@ -263,12 +263,10 @@ def test_four_class_model_labels_from_margins_match_its_logits_on_a_resampled_sc
     assert (outputs["margins"] == outputs["logits"]).mean() > 0.999
 
 
-def test_missing_output_folder_is_created_and_threads_must_be_positive(model, tmp_path):
+def test_missing_output_folder_is_created(model, tmp_path):
     inputs = _write(tmp_path, "new", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
     out = tmp_path / "not" / "yet" / "seg.nii.gz"
     assert _segment(model, inputs, out).exit_code == 0 and out.exists()
-    zero = runner.invoke(app, ["segment", "-i", str(inputs[0]), "-o", str(out), "--threads", "0"])
-    assert zero.exit_code == 2 and "Traceback" not in zero.output
 
 
 def test_existing_sidecar_is_not_replaced_without_overwrite(model, tmp_path):
@@ -502,12 +500,45 @@ def test_folder_run_ends_with_seconds_per_stage(model, tmp_path):
     assert "done 1, skipped 0, failed 0" in result.output
 
 
-@pytest.mark.parametrize(("option", "value"), [("--overlap", "1.0"), ("--batch-size", "0")])
-def test_bad_window_options_are_refused_before_the_model_loads(tmp_path, option, value):
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--overlap", "1.0", "overlap"),
+        ("--batch-size", "0", "batch size"),
+        ("--blend", "x", "blend"),
+    ],
+)
+def test_bad_window_options_are_refused_before_the_model_loads(tmp_path, option, value, named):
     model = tmp_path / "never_read.onnx"  # not there: an error about it would mean it was opened
     inputs = _write(tmp_path, "case", _scan(seed=12), _ras_affine((60, 50, 40)))
     result = _segment(model, inputs, tmp_path / "seg.nii.gz", option, value)
-    assert result.exit_code == 2 and f"{option} must be" in result.output
+    assert result.exit_code == 2 and f"error: {named} must be" in result.output
+
+
+@pytest.mark.parametrize(
+    "bad", [{"overlap": 1.0}, {"overlap": -0.1}, {"batch_size": 0}, {"blend": "tent"}]
+)
+def test_segment_options_refuse_bad_values_when_made(bad):
+    from veloxseg.runtime.segment import SegmentOptions
+
+    with pytest.raises(ValueError, match="must be"):
+        SegmentOptions(**bad)
+
+
+def test_python_api_replaces_existing_outputs_only_when_asked(model, tmp_path):
+    from veloxseg.runtime import Engine
+    from veloxseg.runtime.errors import InputError
+    from veloxseg.runtime.segment import segment_case
+
+    inputs = _write(tmp_path, "api", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
+    out = tmp_path / "seg.nii.gz"
+    out.write_bytes(b"an older result")
+    engine = Engine.open(model, backend="onnxruntime", precision="fp32", threads=1)
+    with pytest.raises(InputError, match="exists; pass --overwrite"):
+        segment_case(engine, inputs, out)
+    assert out.read_bytes() == b"an older result"
+    segment_case(engine, inputs, out, overwrite=True)
+    assert nib.load(out).shape == (40, 40, 30)
 
 
 def test_swapped_modalities_warn_that_ct_is_not_in_hounsfield_units(model, tmp_path):
