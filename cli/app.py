@@ -104,18 +104,13 @@ Precision = Annotated[str, typer.Option(help="auto, fp32 or bf16 (bf16: OpenVINO
 
 
 def _open_engine(model: Path | None, backend: str, precision: str, threads: int | None):  # type: ignore[no-untyped-def]
-    """The engine for whole volumes: OpenVINO in throughput mode (streams=0 lets it choose),
-    since a scan is many windows and single-window latency does not matter. The labels output is
-    compiled here, so a model the runtime cannot load fails before any case starts."""
     from veloxseg.runtime import Engine
 
     if model is None:
         from veloxseg.assets import bundled_model
 
         model = bundled_model()
-    engine = Engine.open(model, backend=backend, precision=precision, threads=threads, streams=0)  # type: ignore[arg-type]
-    engine.compiled(engine.label_output)
-    return engine
+    return Engine.open_for_volumes(model, backend, precision, threads)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -169,12 +164,10 @@ def segment(
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
-    cores = os.cpu_count() or 1
-    if threads and threads > cores and not (ray or ray_address or workers):
-        if not quiet:
-            _notice(f"--threads {threads} is more than this machine's {cores} cores; using {cores}",
-                    "note")  # fmt: skip
-        threads = cores  # more only oversubscribes: 64 threads ran 9x slower on 2 cores
+    cores = os.cpu_count() or 1  # the engine uses at most these
+    if threads and threads > cores and not (ray or ray_address or workers or quiet):
+        _notice(f"--threads {threads} is more than this machine's {cores} cores; using {cores}",
+                "note")  # fmt: skip
     if not folder:
         _check_outputs_free(input, output, options, overwrite)
     if ray or ray_address or workers:

@@ -59,21 +59,39 @@ class Engine:
         output compiles on first use.
 
         ``auto`` picks the fastest format meeting the accuracy bounds on this CPU, measured once
-        per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`). ``streams``
-        > 1 (or 0 for the runtime's choice) trades single-patch latency for throughput over the
-        many windows of a volume (OpenVINO; ONNX Runtime ignores it).
+        per machine and model and cached (see :mod:`veloxseg.runtime.autoselect`). ``threads``
+        defaults to, and is capped at, this machine's cores: more only oversubscribe them (64
+        threads ran 9x slower on 2 cores). ``streams`` > 1 (or 0 for the runtime's choice) trades
+        single-patch latency for throughput over the many windows of a volume: OpenVINO streams,
+        or as many ONNX Runtime sessions sharing the threads.
         """
         if backend not in ("auto", *BACKENDS):
             raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
         model = open_model_file(path)
-        threads = threads or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        threads = min(threads or cores, cores)
         if backend == "auto" or precision == "auto":
             backend, precision = choose_format(model, backend, precision, threads)  # type: ignore[assignment]
         check_precision(backend, precision)
         options = BackendOptions(threads=threads, precision=precision, streams=streams)  # type: ignore[arg-type]
         return cls(model, backend, options)
+
+    @classmethod
+    def open_for_volumes(
+        cls,
+        path: str | Path,
+        backend: BackendName = "auto",
+        precision: PrecisionName = "auto",
+        threads: int | None = None,
+    ) -> Engine:
+        """:meth:`open` in throughput mode (a scan is many windows, so one window's latency does
+        not matter), with the labels output compiled now: a model the runtime cannot load fails
+        before any case starts."""
+        engine = cls.open(path, backend=backend, precision=precision, threads=threads, streams=0)
+        engine.compiled(engine.label_output)
+        return engine
 
     @property
     def metadata(self) -> ModelCard:

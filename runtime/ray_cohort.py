@@ -100,7 +100,7 @@ class CaseWorker:
             self.error = f"worker on host {self.host} cannot read {model_path}: {SHARED_FS}"
             return
         try:
-            self.engine = Engine.open(model_path, backend, precision, threads)
+            self.engine = Engine.open_for_volumes(model_path, backend, precision, threads)
         except (VeloxSegError, ValueError, OSError, RuntimeError) as e:
             self.error = f"worker on host {self.host} cannot open the model: {_one_line(e)}"
 

@@ -56,7 +56,7 @@ def _sidecar(path: Path) -> dict:
 def test_ray_cohort_matches_folder_mode_accounts_for_every_case_and_skips_on_rerun(
     ray_cluster, cohort, tmp_path
 ):
-    engine = Engine.open(bundled_model(), threads=1, **FORMAT)
+    engine = Engine.open_for_volumes(bundled_model(), threads=1, **FORMAT)  # as the CLI runs
     expected = segment_folder(engine, cohort, tmp_path / "folder", SegmentOptions())
     seen: list[tuple[str, str]] = []
     report = segment_folder_ray(
