@@ -39,7 +39,6 @@ class WindowScheme:
     big: tuple[Size3, ...]
     small: tuple[Size3, ...]
     heads: int
-    dim_head_qk: int
     channels_qk: int
     channels_v: int
 
@@ -87,7 +86,6 @@ class WindowScheme:
             big=tuple(big),  # type: ignore[arg-type]
             small=tuple(small),  # type: ignore[arg-type]
             heads=heads,
-            dim_head_qk=min_dim_head,
             channels_qk=channels_qk,
             channels_v=channels_v,
         )

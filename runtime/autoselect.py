@@ -14,8 +14,6 @@ import functools
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from veloxseg.runtime.backends import (
     create_backend,
     require_backend,
 )
+from veloxseg.runtime.benchmark import time_calls
 from veloxseg.runtime.cache_dir import cache_root
 from veloxseg.runtime.model_file import ModelFile
 
@@ -108,13 +107,9 @@ def _calibration_patch(model: ModelFile) -> np.ndarray:
 
 
 def _time(backend: Backend, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Median seconds per call after a first, untimed one, and that call's logits."""
     logits = backend.infer(x)
-    times = []
-    for _ in range(_TIMED_RUNS):
-        start = time.perf_counter()
-        backend.infer(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), logits
+    return float(np.median(time_calls(lambda: backend.infer(x), _TIMED_RUNS))), logits
 
 
 def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
@@ -135,7 +130,6 @@ def choose_format(
     backend: str,
     precision: str,
     threads: int,
-    log: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
     """``(backend, precision)`` to use when either is ``auto`` (cached per machine and model).
 
@@ -175,7 +169,4 @@ def choose_format(
     entries.setdefault(key, {})[f"{backend}/{precision}"] = list(chosen)
     entries[key]["calibration"] = results
     _write_cache(entries)
-    if log:
-        log(f"auto: chose {chosen[0]} {chosen[1]} " + ", ".join(
-            f"{r['backend']}-{r['precision']} {r['ms']:.0f} ms" for r in results))  # fmt: skip
     return chosen

@@ -53,10 +53,8 @@ class FormatResult:
         return asdict(self)
 
 
-def time_calls(fn: Callable[[], object], iterations: int, warmup: int = 2) -> list[float]:
-    """Wall-clock seconds of ``iterations`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
+def time_calls(fn: Callable[[], object], iterations: int) -> list[float]:
+    """Wall-clock seconds of each of ``iterations`` calls."""
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
@@ -145,9 +143,9 @@ def _time_round(
     per_lane = max(1, iterations // subject.lanes)
     start = time.perf_counter()
     if pool is None:
-        calls = time_calls(subject.call, per_lane, warmup=0)
+        calls = time_calls(subject.call, per_lane)
     else:
-        runs = pool.map(lambda n: time_calls(subject.call, n, warmup=0), [per_lane] * subject.lanes)
+        runs = pool.map(lambda n: time_calls(subject.call, n), [per_lane] * subject.lanes)
         calls = [t for run in runs for t in run]
     return time.perf_counter() - start, len(calls), calls
 

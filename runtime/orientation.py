@@ -40,10 +40,6 @@ class Reorientation:
         """Input axis directions, e.g. ``"LPS"`` for DICOM-style files, ``"RAS"`` if canonical."""
         return "".join(ornt2axcodes(self.source))
 
-    @property
-    def is_identity(self) -> bool:
-        return self.axcodes == "RAS"
-
 
 def _apply_spatial(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """Apply a nibabel orientation transform to the last three axes (a view, no copy)."""

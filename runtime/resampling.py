@@ -37,13 +37,14 @@ def new_shape(
 SLAB_VOXELS = 1 << 22  # labels are resampled in Z slabs of about this many voxels (16 MB float32)
 
 
-def _zoom_into(volume: np.ndarray, out: np.ndarray, order: int) -> None:
-    """Resample one (X, Y, Z) volume onto ``out``'s shape, edge-aligned, edges extended."""
+def _zoom_into(volume: np.ndarray, out: np.ndarray) -> None:
+    """Linearly resample one (X, Y, Z) volume onto ``out``'s shape, edge-aligned, edges
+    extended."""
     if volume.shape == out.shape:
         out[...] = volume
         return
     factors = np.divide(out.shape, volume.shape)
-    ndimage.zoom(volume, factors, output=out, order=order, mode="nearest", grid_mode=True)
+    ndimage.zoom(volume, factors, output=out, order=1, mode="nearest", grid_mode=True)
 
 
 def _zoom_slab_into(volume: np.ndarray, shape: Sequence[int], z0: int, out: np.ndarray) -> None:
@@ -57,14 +58,14 @@ def _zoom_slab_into(volume: np.ndarray, shape: Sequence[int], z0: int, out: np.n
 
 
 def resample_to_shape(
-    data: np.ndarray, shape: Sequence[int], *, order: int = 1, out: np.ndarray | None = None
+    data: np.ndarray, shape: Sequence[int], *, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Resample ``data`` (C, X, Y, Z) to spatial ``shape``, channel by channel, as float32.
+    """Linearly resample ``data`` (C, X, Y, Z) to spatial ``shape``, channel by channel, as
+    float32.
 
-    Order 1 (linear) suits probabilities and logits: it never overshoots. Higher orders are
-    clipped to each channel's input range, as scikit-image / nnU-Net do. Returns ``data``
-    itself when the shape already matches, unless ``out`` (float32 ``(C, *shape)``) is given
-    to receive the result.
+    Linear never overshoots, so clipped intensities, logits and probabilities stay in range.
+    Returns ``data`` itself when the shape already matches,
+    unless ``out`` (float32 ``(C, *shape)``) is given to receive the result.
     """
     if data.ndim != 4:
         raise ValueError(f"expected (C, X, Y, Z) data, got shape {data.shape}")
@@ -74,9 +75,7 @@ def resample_to_shape(
             return data
         out = np.empty((data.shape[0], *shape), dtype=np.float32)
     for c in range(data.shape[0]):
-        _zoom_into(data[c], out[c], order)
-        if order > 1:
-            np.clip(out[c], data[c].min(), data[c].max(), out=out[c])
+        _zoom_into(data[c], out[c])
     return out
 
 
@@ -84,18 +83,13 @@ def resample_to_spacing(
     data: np.ndarray,
     spacing_in: Sequence[float],
     spacing_out: Sequence[float],
-    *,
-    order: int = 3,
 ) -> np.ndarray:
-    """Resample an image ``data`` (C, X, Y, Z) from ``spacing_in`` to ``spacing_out`` (mm).
-
-    Cubic by default, clipped to the input range. Returns ``data`` unchanged when the spacings
-    agree within ``SPACING_RTOL`` or the new shape equals the old one (the resample would be the
-    identity).
-    """
+    """Linearly resample an image ``data`` (C, X, Y, Z) from ``spacing_in`` to ``spacing_out``
+    (mm). Returns ``data`` itself when the spacings agree within ``SPACING_RTOL`` or the new
+    shape equals the old one (the resample would be the identity)."""
     if np.allclose(spacing_in, spacing_out, rtol=SPACING_RTOL, atol=0.0):
         return data
-    return resample_to_shape(data, new_shape(data.shape[1:], spacing_in, spacing_out), order=order)
+    return resample_to_shape(data, new_shape(data.shape[1:], spacing_in, spacing_out))
 
 
 def resample_labels_via_probabilities(

@@ -39,7 +39,6 @@ from veloxseg.runtime.nifti_io import (
 from veloxseg.runtime.normalization import normalize
 from veloxseg.runtime.orientation import from_canonical, to_canonical
 from veloxseg.runtime.resampling import (
-    SPACING_RTOL,
     new_shape,
     resample_labels_via_probabilities,
     resample_to_shape,
@@ -170,10 +169,8 @@ def to_model_grid(
             f"over the limit of {max_voxels}; check the header's voxel size ({spacing} mm)"
         )
     normalize(data, card.normalization)
-    same = all(abs(a - b) <= SPACING_RTOL * b for a, b in zip(spacing, target, strict=True))
-    if same:
-        return data, False
-    return resample_to_spacing(data, spacing, target, order=1), True
+    volume = resample_to_spacing(data, spacing, target)
+    return volume, volume is not data
 
 
 def input_warnings(data: np.ndarray, card: ModelCard) -> list[str]:
@@ -283,7 +280,7 @@ def _probabilities(scores: np.ndarray, shape: tuple[int, ...], margins: bool) ->
     probs = np.empty((n_classes, *shape), dtype=np.float32)
     if margins:
         probs[0] = 0.0
-    resample_to_shape(scores, shape, order=1, out=probs[int(margins) :])
+    resample_to_shape(scores, shape, out=probs[int(margins) :])
     softmax_inplace(probs)
     return probs
 

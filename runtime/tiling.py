@@ -206,7 +206,11 @@ class StreamingLabelAccumulator(_Accumulator):
         self._count = np.zeros((0 if margins else 1, *rows), dtype=np.float32)
         self._base = 0  # padded axis-0 index of buffer row 0; rows below it are final
         self._labels = np.zeros(plan.shape, dtype=np.uint8 if n_classes <= 256 else np.uint16)
-        self.peak_buffer_bytes = self._sum.nbytes + self._count.nbytes
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of the float buffers, which stay one window deep whatever the volume's size."""
+        return self._sum.nbytes + self._count.nbytes
 
     def add(self, start: Index3, logits: np.ndarray) -> None:
         """Add one window's ``(K, *patch)`` logits at padded corner ``start``."""

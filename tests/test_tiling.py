@@ -134,7 +134,7 @@ def test_streaming_ties_and_buffer_size() -> None:
         stream.add(start, window)
     np.testing.assert_array_equal(stream.finalize(), np.argmax(dense.finalize(), axis=0))
     dense_bytes = (4 + 1) * 160 * 24 * 20 * 4
-    assert stream.peak_buffer_bytes < dense_bytes / 3
+    assert stream.buffer_bytes < dense_bytes / 3
 
 
 def test_streaming_rejects_out_of_order_windows() -> None:
@@ -305,7 +305,7 @@ def test_margin_labels_keep_one_channel_of_buffers_for_two_classes() -> None:
     weight = importance_map(plan.patch, "constant")
     logits = StreamingLabelAccumulator(plan, 2, weight)
     margins = StreamingLabelAccumulator(plan, 2, weight, margins=True)
-    assert margins.peak_buffer_bytes * 3 == logits.peak_buffer_bytes
+    assert margins.buffer_bytes * 3 == logits.buffer_bytes
 
 
 def test_margins_output_is_blended_margins() -> None:
