@@ -2,7 +2,6 @@
 
 from veloxseg.export.onnx_export import (
     DEFAULT_OPSET,
-    NORMALIZATION_FILE,
     SUPPORTED_OPSETS,
     ExportError,
     ExportResult,
@@ -14,7 +13,6 @@ from veloxseg.export.verify import ExportMismatchError, verify_export
 
 __all__ = [
     "DEFAULT_OPSET",
-    "NORMALIZATION_FILE",
     "SUPPORTED_OPSETS",
     "ExportError",
     "ExportMismatchError",

@@ -33,8 +33,6 @@ from veloxseg.export.inference_graph import (
     patch_merging_forward,
 )
 from veloxseg.export.pwa_op import (
-    DOMAIN,
-    DOMAIN_VERSION,
     PairedWindowAttentionFunction,
     attach_functions,
     custom_nodes,
@@ -43,13 +41,19 @@ from veloxseg.export.pwa_op import (
 from veloxseg.model import VeloxSeg, load_checkpoint, resolve_config, seeded_state_dict
 from veloxseg.model.layers import PatchMerging
 from veloxseg.model.pwa import PairedWindowAttention
-from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
+from veloxseg.runtime.card import (
+    CARD_KEY,
+    NORMALIZATION_FILE,
+    PWA_DOMAIN,
+    PWA_OPSET,
+    ModelCard,
+    Normalization,
+)
 from veloxseg.runtime.errors import VeloxSegError
 from veloxseg.runtime.nifti_io import atomic_writer
 
 __all__ = [
     "DEFAULT_OPSET",
-    "NORMALIZATION_FILE",
     "SUPPORTED_OPSETS",
     "ExportError",
     "ExportResult",
@@ -63,10 +67,9 @@ SUPPORTED_OPSETS = range(11, 21)
 """Below 11 torch cannot export the network (3D upsampling, chunks); 20 is the highest that every
 supported torch (>= 2.4) exports. Each one exports and verifies in ONNX Runtime and OpenVINO."""
 IR_VERSION = 10  # function overloads need IR 10
-NORMALIZATION_FILE = "normalization.json"
 """What ``veloxseg train`` writes beside its checkpoints: card fields measured on its data."""
-_TRAINING_CARD_FIELDS = ("modalities", "normalization", "spacing")
-_GUESSED = ("modalities", "normalization", "spacing")  # what preprocessing rests on
+# What preprocessing rests on: recorded by training, guessed for a config with no known card.
+_PREPROCESSING_FIELDS = ("modalities", "normalization", "spacing")
 
 
 class ExportError(VeloxSegError, ValueError):
@@ -122,8 +125,8 @@ def build_card(
         patch_size=tuple(int(s) for s in config["input_size"]),  # type: ignore[arg-type]
         source_sha256=source_sha256,
         exporter_version=f"veloxseg {__version__}",
-        custom_domain=DOMAIN,
-        custom_opset=DOMAIN_VERSION,
+        custom_domain=PWA_DOMAIN,
+        custom_opset=PWA_OPSET,
         extra=dict(fields.get("extra", {})),
     )
     if card.in_channels != sum(config["in_ch"]):
@@ -229,7 +232,7 @@ def _trace_to_onnx(model: VeloxSeg, example: torch.Tensor, opset: int) -> onnx.M
             input_names=["image"],
             output_names=outputs,
             dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-            custom_opsets={DOMAIN: DOMAIN_VERSION},
+            custom_opsets={PWA_DOMAIN: PWA_OPSET},
             do_constant_folding=False,  # keep state-dict names on every weight
         )
     return onnx.load_from_string(buffer.getvalue())
@@ -273,7 +276,7 @@ def _with_training_normalization(
     trained = load_card_file(sidecar)
     if "normalization" not in trained:
         raise ExportError(f"{sidecar} holds no 'normalization' list; fix or remove it")
-    fields = {k: trained[k] for k in _TRAINING_CARD_FIELDS if k in trained}
+    fields = {k: trained[k] for k in _PREPROCESSING_FIELDS if k in trained}
     return {**fields, **overrides}, sidecar
 
 
@@ -346,7 +349,9 @@ def export_onnx(
     placeholders = "normalization" not in overrides and any(
         n.scheme == "ct" for n in card.normalization
     )
-    generic = () if name in DEFAULT_CARDS else tuple(f for f in _GUESSED if f not in overrides)
+    generic = ()
+    if name not in DEFAULT_CARDS:
+        generic = tuple(f for f in _PREPROCESSING_FIELDS if f not in overrides)
     export_model, schemes = _prepare_for_export(model)
     example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
     proto = _trace_to_onnx(export_model, example, opset)

@@ -25,10 +25,9 @@ from onnx import helper
 from torch import nn
 
 from veloxseg.model.pwa import WindowScheme, window_attention_core
+from veloxseg.runtime.card import PWA_DOMAIN, PWA_OP_TYPE
 
 __all__ = [
-    "DOMAIN",
-    "OP_TYPE",
     "PairedWindowAttentionFunction",
     "attach_functions",
     "custom_nodes",
@@ -37,10 +36,6 @@ __all__ = [
     "reference_pwa",
     "scheme_key",
 ]
-
-DOMAIN = "ai.veloxseg"
-OP_TYPE = "PairedWindowAttention"
-DOMAIN_VERSION = 1
 
 
 def scheme_key(scheme: WindowScheme, modalities: int, size: tuple[int, int, int]) -> str:
@@ -89,7 +84,7 @@ class PairedWindowAttentionFunction(torch.autograd.Function):
             "spatial_size_i": attrs["spatial_size"],
             "scheme_s": attrs["scheme"],
         }
-        outs = g.op(f"{DOMAIN}::{OP_TYPE}", *inputs, outputs=modalities, **kwargs)
+        outs = g.op(f"{PWA_DOMAIN}::{PWA_OP_TYPE}", *inputs, outputs=modalities, **kwargs)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for out, v in zip(outs, inputs[2::3], strict=True):
             out.setType(v.type())
@@ -147,8 +142,8 @@ def function_body(
     ]
     attrs = node_attributes(scheme, modalities, size)
     return helper.make_function(
-        DOMAIN,
-        OP_TYPE,
+        PWA_DOMAIN,
+        PWA_OP_TYPE,
         names,
         outputs,
         constants + list(graph.node),
@@ -216,7 +211,7 @@ def reference_pwa(
 
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ``ai.veloxseg`` nodes of a model's main graph."""
-    return [n for n in model.graph.node if n.domain == DOMAIN]
+    return [n for n in model.graph.node if n.domain == PWA_DOMAIN]
 
 
 def attach_functions(

@@ -16,10 +16,25 @@ from typing import Any, Literal
 
 from veloxseg.runtime.errors import ModelFileError
 
-__all__ = ["CARD_KEY", "SCHEMA_VERSION", "ModelCard", "Normalization"]
+__all__ = [
+    "CARD_KEY",
+    "NORMALIZATION_FILE",
+    "PWA_DOMAIN",
+    "PWA_OPSET",
+    "PWA_OP_TYPE",
+    "SCHEMA_VERSION",
+    "ModelCard",
+    "Normalization",
+]
 
 CARD_KEY = "veloxseg.card"
 SCHEMA_VERSION = 1
+# The custom op the graph's attention is, and the version of it this package runs.
+PWA_DOMAIN = "ai.veloxseg"
+PWA_OP_TYPE = "PairedWindowAttention"
+PWA_OPSET = 1
+# Where `veloxseg train` records the normalisation that `veloxseg export` puts in the card.
+NORMALIZATION_FILE = "normalization.json"
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,8 @@ class ModelCard:
     patch_size: tuple[int, int, int]
     source_sha256: str | None = None
     exporter_version: str = ""
-    custom_domain: str = "ai.veloxseg"
-    custom_opset: int = 1
+    custom_domain: str = PWA_DOMAIN
+    custom_opset: int = PWA_OPSET
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,8 +142,8 @@ class ModelCard:
                 patch_size=tuple(int(p) for p in raw["patch_size"]),  # type: ignore[arg-type]
                 source_sha256=raw.get("source_sha256"),
                 exporter_version=str(raw.get("exporter_version", "")),
-                custom_domain=str(raw.get("custom_domain", "ai.veloxseg")),
-                custom_opset=int(raw.get("custom_opset", 1)),
+                custom_domain=str(raw.get("custom_domain", PWA_DOMAIN)),
+                custom_opset=int(raw.get("custom_opset", PWA_OPSET)),
                 schema_version=int(raw["schema_version"]),
                 extra=dict(raw.get("extra", {})),
             )

@@ -16,7 +16,7 @@ import onnx
 import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
-from veloxseg.runtime.card import CARD_KEY, ModelCard
+from veloxseg.runtime.card import CARD_KEY, PWA_DOMAIN, PWA_OPSET, ModelCard
 from veloxseg.runtime.errors import ModelFileError
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
 LOGITS = "logits"
 MARGINS = "label_margins"
 
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.veloxseg"})
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx", PWA_DOMAIN})
 _MAX_PROTO_BYTES = 2**31 - 1
 
 
@@ -198,8 +198,19 @@ def _check_domains(proto: onnx.ModelProto) -> None:
     foreign = sorted(domains - ALLOWED_DOMAINS)
     if foreign:
         raise ModelFileError(
-            f"model uses operator domains {foreign}; only standard ONNX and ai.veloxseg are allowed"
+            f"model uses operator domains {foreign}; "
+            f"only standard ONNX and {PWA_DOMAIN} are allowed"
         )
+    for opset in proto.opset_import:
+        if opset.domain == PWA_DOMAIN and opset.version > PWA_OPSET:
+            _refuse_newer_op(opset.version)
+
+
+def _refuse_newer_op(version: int) -> None:
+    raise ModelFileError(
+        f"model needs {PWA_DOMAIN} custom op version {version}, but this veloxseg runs version "
+        f"{PWA_OPSET}; upgrade veloxseg (pip install -U veloxseg)"
+    )
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
@@ -243,5 +254,12 @@ def open_model_file(path: str | Path) -> ModelFile:
     if CARD_KEY not in props:
         raise ModelFileError(f"{path} has no VeloxSeg model card; export it with `veloxseg export`")
     card = ModelCard.from_json(props[CARD_KEY])
+    if card.custom_domain != PWA_DOMAIN:
+        raise ModelFileError(
+            f"{path}'s card names custom op domain {card.custom_domain!r}, not {PWA_DOMAIN!r}; "
+            "it is not a VeloxSeg model this package can run"
+        )
+    if card.custom_opset > PWA_OPSET:
+        _refuse_newer_op(card.custom_opset)
     _check_card_against_graph(card, proto)
     return ModelFile(path=path, card=card, sha256=sha, proto=proto)

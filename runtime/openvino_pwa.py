@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DOMAIN", "OP_TYPE", "pwa_conversion_extension"]
+from veloxseg.runtime.card import PWA_DOMAIN, PWA_OP_TYPE
 
-DOMAIN = "ai.veloxseg"
-OP_TYPE = "PairedWindowAttention"
+__all__ = ["pwa_conversion_extension"]
 
 
 def _const(values: list[int]):  # type: ignore[no-untyped-def]
@@ -153,4 +152,4 @@ def pwa_conversion_extension():  # type: ignore[no-untyped-def]
     """The ONNX-frontend extension to add to an ``openvino.Core`` before ``read_model``."""
     from openvino.frontend.onnx import ConversionExtension
 
-    return ConversionExtension(OP_TYPE, DOMAIN, _convert)
+    return ConversionExtension(PWA_OP_TYPE, PWA_DOMAIN, _convert)

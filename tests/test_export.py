@@ -22,10 +22,10 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from veloxseg.cli.app import app
-from veloxseg.export import NORMALIZATION_FILE, export_onnx
+from veloxseg.export import export_onnx
 from veloxseg.model import CONFIG_NAMES, VeloxSeg, get_config, seeded_state_dict
 from veloxseg.runtime import Engine
-from veloxseg.runtime.card import CARD_KEY, ModelCard, Normalization
+from veloxseg.runtime.card import CARD_KEY, NORMALIZATION_FILE, ModelCard, Normalization
 from veloxseg.runtime.model_file import open_model_file
 from veloxseg.train.trainer import FINAL_CHECKPOINT, TrainConfig, train
 

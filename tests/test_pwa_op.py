@@ -12,8 +12,6 @@ import torch
 from onnx import helper
 
 from veloxseg.export.pwa_op import (
-    DOMAIN,
-    OP_TYPE,
     function_body,
     input_names,
     node_attributes,
@@ -21,6 +19,7 @@ from veloxseg.export.pwa_op import (
 )
 from veloxseg.model import CONFIG_NAMES, VeloxSeg, get_config
 from veloxseg.model.pwa import window_attention_core
+from veloxseg.runtime.card import PWA_DOMAIN, PWA_OP_TYPE
 from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 
 # All four forms compute in float32 except the float64 reference; softmax over <= 432 tokens and
@@ -55,7 +54,7 @@ def _single_node_model(scheme, modalities, size, arrays, bias) -> onnx.ModelProt
     attrs = node_attributes(scheme, modalities, size)
     outputs = [f"out_{m}" for m in range(modalities)]
     node = helper.make_node(
-        OP_TYPE, names, outputs, domain=DOMAIN, overload=attrs["scheme"], **attrs
+        PWA_OP_TYPE, names, outputs, domain=PWA_DOMAIN, overload=attrs["scheme"], **attrs
     )
     graph_inputs = [
         helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["B", a.shape[1], *size])
@@ -70,7 +69,7 @@ def _single_node_model(scheme, modalities, size, arrays, bias) -> onnx.ModelProt
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(PWA_DOMAIN, 1)],
         functions=[function_body(scheme, modalities, size, 17)],
         ir_version=10,
     )

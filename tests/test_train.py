@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from veloxseg.model import TrainOutput, load_checkpoint
+from veloxseg.runtime.card import NORMALIZATION_FILE
 from veloxseg.train.data import (
     PatchPool,
     build_pool,
@@ -26,7 +27,6 @@ from veloxseg.train.trainer import (
     LAST_CHECKPOINT,
     LOG_FILE,
     MODEL_FILE,
-    NORMALIZATION_FILE,
     TrainConfig,
     _DeadlineFit,
     build_schedulers,

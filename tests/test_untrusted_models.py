@@ -124,6 +124,10 @@ def _foreign_domain_in_subgraph(proto: onnx.ModelProto, folder: Path) -> None:
     )
 
 
+def _newer_custom_op(proto: onnx.ModelProto, folder: Path) -> None:
+    next(o for o in proto.opset_import if o.domain == "ai.veloxseg").version = 2
+
+
 def _card(**changes: object) -> Edit:
     def edit(proto: onnx.ModelProto, folder: Path) -> None:
         entry = next(p for p in proto.metadata_props if p.key == CARD_KEY)
@@ -156,6 +160,9 @@ REFUSED: dict[str, tuple[Edit, str]] = {
         "but the graph takes",
     ),
     "label value past uint16": (_card(label_values=[0, 70000]), "label values must be"),
+    "a newer custom op in the graph": (_newer_custom_op, "upgrade veloxseg"),
+    "a newer custom op on the card": (_card(custom_opset=2), "upgrade veloxseg"),
+    "another custom op domain on the card": (_card(custom_domain="ai.other"), "not 'ai.veloxseg'"),
     "NaN CT statistics": (
         _card(
             normalization=[

@@ -30,6 +30,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
 from veloxseg.model import VeloxSeg, get_config
+from veloxseg.runtime.card import NORMALIZATION_FILE
 from veloxseg.train.data import HELD_OUT_FIRST_SEED, PatchPool, build_pool, normalization_record
 from veloxseg.train.losses import LossTerms, VeloxSegLoss
 from veloxseg.train.phantom import DEFAULT_SPACING
@@ -39,7 +40,6 @@ __all__ = [
     "LAST_CHECKPOINT",
     "LOG_FILE",
     "MODEL_FILE",
-    "NORMALIZATION_FILE",
     "TrainConfig",
     "build_schedulers",
     "step_schedulers",
@@ -50,7 +50,6 @@ __all__ = [
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 LAST_CHECKPOINT = "checkpoint_last.pth"
 MODEL_FILE = "model_final.pth"
-NORMALIZATION_FILE = "normalization.json"
 LOG_FILE = "train_log.jsonl"
 _UPSTREAM_WARMUP_FRACTION = 10 / 300  # upstream: 10 warm-up epochs of 300
 _FINISH_RESERVE_S = 10.0  # time kept back for the final checkpoint and weights file
