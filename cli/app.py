@@ -20,7 +20,7 @@ from rich.markup import escape
 from typer import rich_utils
 
 from veloxseg.cli.output import print_case_summary, print_folder_summary
-from veloxseg.runtime.errors import VeloxSegError
+from veloxseg.runtime.errors import VeloxSegError, one_line
 from veloxseg.runtime.nifti_io import DEFAULT_MAX_VOXELS
 
 __all__ = ["app", "main"]
@@ -81,22 +81,17 @@ def friendly_errors(fn: F) -> F:
             _fail("out of memory: the image (or its grid at the model's spacing) is too large "
                   "for this machine; check the header's voxel sizes", 1)  # fmt: skip
         except (VeloxSegError, ValueError, FileNotFoundError, PermissionError) as e:
-            _fail(_one_line(e), 2)
+            _fail(one_line(e), 2)
         except OSError as e:  # the machine's, not ours: disk full, name too long, I/O error
             where = f" ({e.filename})" if e.filename else ""
-            _fail(f"{e.strerror or _one_line(e)}{where}; free space or fix the path and retry", 2)
+            _fail(f"{e.strerror or one_line(e)}{where}; free space or fix the path and retry", 2)
         except Exception as e:
             if os.environ.get("VELOXSEG_DEBUG"):
                 raise
-            _fail(f"internal error ({type(e).__name__}: {_one_line(e)}); "
+            _fail(f"internal error ({type(e).__name__}: {one_line(e)}); "
                   "set VELOXSEG_DEBUG=1 for a traceback", 1)  # fmt: skip
 
     return wrapper  # type: ignore[return-value]
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
 
 
 Backend = Annotated[str, typer.Option(help="auto, openvino or onnxruntime.")]
@@ -375,7 +370,7 @@ def export(
         result = export_onnx(checkpoint, config, output, opset=opset, card_overrides=card,
                              verify=verify, overwrite=overwrite)  # fmt: skip
     except ExportMismatchError as e:
-        _fail(f"{_one_line(e)}; nothing was written", 1)
+        _fail(f"{one_line(e)}; nothing was written", 1)
     typer.echo(f"wrote {result.path} ({result.custom_nodes} ai.veloxseg nodes)")
     for backend, diff in result.max_abs_diff.items():
         typer.echo(f"  {backend}: max |Δlogit| vs PyTorch = {diff:.2e}")
@@ -508,7 +503,7 @@ def main() -> None:
         if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
             ctx = getattr(e, "ctx", None)
             where = ctx.command_path if ctx is not None else "veloxseg"
-            message = _one_line(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
+            message = one_line(e.format_message()).rstrip(".")  # type: ignore[attr-defined]
             err.print(f"[bold red]error:[/] {escape(message)} (run '{where} --help')",
                       highlight=False, soft_wrap=True)  # fmt: skip
     except typer.Abort:  # end of input at a prompt

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from veloxseg.runtime.errors import one_line
 from veloxseg.runtime.tiling import labels_from_margins
 
 __all__ = [
@@ -161,7 +162,7 @@ def _serve(conn: Connection, make: Callable[..., Subject], args: tuple) -> None:
             conn.send(_time_round(subject, pool, iterations))
         conn.send(peak_rss_mb())
     except Exception as e:  # reported as this subject's status, never fatal to the others
-        conn.send(("failed", str(e).strip().splitlines()[0][:80] if str(e).strip() else repr(e)))
+        conn.send(("failed", one_line(e)[:80]))
 
 
 def time_interleaved(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from veloxseg.runtime.engine import Engine
-from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.errors import InputError, one_line
 from veloxseg.runtime.nifti_io import (
     CONVERT_DICOM,
     create_output_folder,
@@ -233,7 +233,7 @@ def run_case(
         # an unfinished case's leftovers (labels without a sidecar) are replaced
         return "done", segment_case(engine, case.files, output, options, overwrite=True)
     except (ValueError, OSError, MemoryError) as e:
-        return "failed", str(e).splitlines()[0] if str(e) else repr(e)
+        return "failed", one_line(e)
 
 
 def segment_folder(

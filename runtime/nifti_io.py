@@ -41,7 +41,7 @@ from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import apply_read_scaling, array_from_file, seek_tell
 
-from veloxseg.runtime.errors import InputError
+from veloxseg.runtime.errors import InputError, one_line
 from veloxseg.runtime.orientation import empty_in_canonical_layout
 
 __all__ = [
@@ -220,11 +220,6 @@ def _describe_modalities(n: int, names: Sequence[str] | None) -> str:
     return f"{n} modalit{'y' if n == 1 else 'ies'}{listed}"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 @contextmanager
 def _quiet_nibabel() -> Iterator[None]:
     """Mute the header oddities nibabel repairs or refuses while loading (an odd vox_offset, a
@@ -261,7 +256,7 @@ def _open(path: Path) -> nib.Nifti1Pair:
         with _quiet_nibabel():
             img = nib.load(path)
     except _READ_ERRORS as e:
-        what, fix = _what_else(path) or (_first_line(e), "pass a .nii or .nii.gz file")
+        what, fix = _what_else(path) or (one_line(e), "pass a .nii or .nii.gz file")
         raise InputError(f"{path} is not a readable NIfTI image ({what}); {fix}") from e
     if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and .hdr/.img pairs
         raise InputError(
@@ -472,7 +467,7 @@ def _read_volume(img: nib.Nifti1Pair, index: int | None, path: Path, out: np.nda
                 _read_to_end(f)
     except _READ_ERRORS as e:
         raise InputError(
-            f"could not read the voxel data of {path} ({_first_line(e)}); the file is truncated "
+            f"could not read the voxel data of {path} ({one_line(e)}); the file is truncated "
             "or corrupt, re-export or re-download it"
         ) from e
     n_bad = sum(s.size - int(np.count_nonzero(np.isfinite(s))) for s in out)  # no volume mask

@@ -28,7 +28,7 @@ from veloxseg.runtime.cases import (
     run_case,
 )
 from veloxseg.runtime.engine import BackendName, Engine, PrecisionName
-from veloxseg.runtime.errors import VeloxSegError
+from veloxseg.runtime.errors import VeloxSegError, one_line
 from veloxseg.runtime.model_file import open_model_file
 from veloxseg.runtime.segment import CaseResult, SegmentOptions
 
@@ -83,10 +83,6 @@ def plan_workers(
     return workers, threads
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 class CaseWorker:
     """One engine on one worker process, kept for the whole cohort (run as a Ray actor)."""
 
@@ -102,7 +98,7 @@ class CaseWorker:
         try:
             self.engine = Engine.open_for_volumes(model_path, backend, precision, threads)
         except (VeloxSegError, ValueError, OSError, RuntimeError) as e:
-            self.error = f"worker on host {self.host} cannot open the model: {_one_line(e)}"
+            self.error = f"worker on host {self.host} cannot open the model: {one_line(e)}"
 
     def ready(self) -> str | None:
         """Why the engine could not be opened (naming this host), or None."""
@@ -189,7 +185,7 @@ def segment_folder_ray(
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise VeloxSegError(f"cannot reach the Ray cluster at {address}: {_one_line(e)}") from e
+            raise VeloxSegError(f"cannot reach the Ray cluster at {address}: {one_line(e)}") from e
     actors: list[Any] = []
     try:
         node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
@@ -253,7 +249,7 @@ def _dispatch(
             try:
                 error = ray.get(ref)
             except RayError as e:
-                error = f"a Ray worker died while starting: {_one_line(e)}"
+                error = f"a Ray worker died while starting: {one_line(e)}"
             if error:
                 reason = error
                 continue
@@ -265,12 +261,12 @@ def _dispatch(
         try:
             outcome: Outcome = ray.get(ref)
         except RayActorError as e:
-            outcome = ("failed", f"the Ray worker died on this case: {_one_line(e)}")
+            outcome = ("failed", f"the Ray worker died on this case: {one_line(e)}")
             if actor not in starting.values():
                 starting[actor.ready.remote()] = actor
         except RayError as e:  # an unexpected error in run(): this case fails, the worker goes on
             cause = getattr(e, "cause", None) or e
-            outcome = ("failed", f"{type(cause).__name__}: {_one_line(cause)}")
+            outcome = ("failed", f"{type(cause).__name__}: {one_line(cause)}")
         if actor not in starting.values():  # a restarting worker is fed once it is up again
             submit(actor)
         outcomes[case.case_id] = outcome
