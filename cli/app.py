@@ -303,7 +303,7 @@ def demo(
     import nibabel as nib
 
     from veloxseg.assets import sample_case
-    from veloxseg.runtime.nifti_io import create_output_folder
+    from veloxseg.runtime.output_files import create_output_folder
     from veloxseg.train.metrics import dice
 
     inputs, label_path = sample_case()

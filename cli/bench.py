@@ -31,7 +31,7 @@ from veloxseg.runtime.benchmark import (
     time_interleaved,
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
-from veloxseg.runtime.nifti_io import atomic_write_bytes
+from veloxseg.runtime.output_files import atomic_write_bytes
 
 __all__ = [
     "FORMATS",

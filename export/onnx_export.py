@@ -50,7 +50,7 @@ from veloxseg.runtime.card import (
     Normalization,
 )
 from veloxseg.runtime.errors import VeloxSegError
-from veloxseg.runtime.nifti_io import atomic_writer
+from veloxseg.runtime.output_files import atomic_writer
 
 __all__ = [
     "DEFAULT_OPSET",

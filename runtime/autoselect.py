@@ -85,7 +85,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(entries: dict) -> None:
-    from veloxseg.runtime.nifti_io import atomic_write_bytes
+    from veloxseg.runtime.output_files import atomic_write_bytes
 
     path = cache_path()
     try:

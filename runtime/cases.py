@@ -15,13 +15,8 @@ from typing import Literal
 
 from veloxseg.runtime.engine import Engine
 from veloxseg.runtime.errors import InputError, one_line
-from veloxseg.runtime.nifti_io import (
-    CONVERT_DICOM,
-    create_output_folder,
-    find_dicom,
-    header_volume_count,
-    nearest_unwritable_folder,
-)
+from veloxseg.runtime.nifti_io import CONVERT_DICOM, find_dicom, header_volume_count
+from veloxseg.runtime.output_files import create_output_folder, nearest_unwritable_folder
 from veloxseg.runtime.segment import CaseResult, SegmentOptions, output_paths, segment_case
 
 __all__ = [

@@ -23,11 +23,9 @@ import itertools
 import logging
 import math
 import os
-import secrets
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +41,7 @@ from nibabel.volumeutils import apply_read_scaling, array_from_file, seek_tell
 
 from veloxseg.runtime.errors import InputError, one_line
 from veloxseg.runtime.orientation import empty_in_canonical_layout
+from veloxseg.runtime.output_files import atomic_writer
 
 __all__ = [
     "CONVERT_DICOM",
@@ -50,17 +49,12 @@ __all__ = [
     "LINEAR_RTOL",
     "TRANSLATION_TOL_MM",
     "ImageGeometry",
-    "atomic_write_bytes",
-    "atomic_writer",
-    "create_output_folder",
     "find_dicom",
     "header_volume_count",
     "inspect_case",
     "load_case",
-    "nearest_unwritable_folder",
     "save_labels",
     "save_probabilities",
-    "staged_outputs",
 ]
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
@@ -69,8 +63,6 @@ LINEAR_RTOL = 1e-4
 _DEGENERATE_RTOL = 1e-6  # |det| / prod(voxel sizes) below this: axes (nearly) collinear or zero
 _DEFLATE_MAX_RATIO = 1032  # zlib: one 258-byte match per two bits at best
 _GZIP_LEVEL = 1  # nibabel's own default: fast, and label maps compress well anyway
-_STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
-_TEMP_STEM_BYTES = 200  # of an output's name in its temp name: 255-byte names must work
 _COPY_ROWS = 32  # Y rows per transposing copy while reading: in cache, 1.6-2.4x faster than whole
 _SLAB_VOXELS = 1 << 22  # voxels per read or write: bounds temporaries to ~32 MB
 _MM_PER_UNIT = {"meter": 1000.0, "micron": 1e-3}
@@ -302,25 +294,6 @@ def header_volume_count(path: Path) -> int | None:
         return None
 
 
-def create_output_folder(folder: Path) -> None:
-    """Create ``folder`` (and its parents) for outputs, or say in one line why it cannot be."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(
-            f"cannot create the output folder {folder} ({e.strerror}); choose another -o"
-        ) from e
-
-
-def nearest_unwritable_folder(path: Path) -> Path | None:
-    """The nearest existing folder at or above ``path`` (the folders still to create go under
-    it) if it cannot be written, else None: checked before the work, not found after it."""
-    folder = path.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return None if os.access(folder, os.W_OK | os.X_OK) else folder
-
-
 def find_dicom(folder: Path, depth: int = 2) -> Path | None:
     """A DICOM file in ``folder`` or its subfolders down to ``depth`` (a study of series, a
     patient of studies), else None; looks at the first few entries of each folder only."""
@@ -487,74 +460,6 @@ def _read_to_end(f: BinaryIO) -> None:
     except gzip.BadGzipFile as e:
         if not str(e).startswith("Not a gzipped file"):  # trailing bytes, after a good CRC
             raise
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Yield a binary file that replaces ``path`` only once the block succeeds.
-
-    Data goes to ``.{name}.tmp-{pid}-{random}`` (the name cut to 200 bytes, so that names up to
-    the usual 255-byte limit work) beside ``path`` (never a name a reader would
-    take for the output), is fsynced, then ``os.replace``d; on any error the temp is removed and
-    ``path`` is untouched. Failures to create or move the file raise ``InputError``.
-    """
-    path = Path(path)
-    stem = path.name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
-    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:  # from before the temp exists: a signal right after its creation still removes it
-        try:
-            handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
-        except OSError as e:
-            raise InputError(
-                f"cannot write {path} ({e.strerror}); check the folder exists and is writable"
-            ) from e
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        staged = _STAGED.get()
-        if staged is not None:
-            staged.append((tmp, path))  # renamed with the others when the stage succeeds
-        else:
-            _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def staged_outputs() -> Iterator[None]:
-    """Atomic writes inside this block keep their temp files, and all are renamed to their
-    final names, in order, only when the block succeeds (on any error all are removed): a case's
-    outputs appear together or not at all."""
-    staged: list[tuple[Path, Path]] = []
-    token = _STAGED.set(staged)
-    try:
-        yield
-        for _, path in staged:  # what would stop a rename half-way, checked before the first
-            if path.is_dir():
-                raise InputError(f"cannot write {path}: a folder has that name; remove it")
-        while staged:
-            tmp, path = staged[0]
-            _replace(tmp, path)
-            staged.pop(0)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        _STAGED.reset(token)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InputError(f"cannot write {path} ({e.strerror}); check it is writable") from e
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see ``atomic_writer``)."""
-    with atomic_writer(path) as f:
-        f.write(data)
 
 
 def save_labels(

@@ -12,8 +12,9 @@ import numpy as np
 from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
-from veloxseg.runtime.nifti_io import ImageGeometry, atomic_write_bytes
+from veloxseg.runtime.nifti_io import ImageGeometry
 from veloxseg.runtime.orientation import to_canonical
+from veloxseg.runtime.output_files import atomic_write_bytes
 
 __all__ = ["preview_centre", "preview_stride", "write_preview"]
 

@@ -16,8 +16,8 @@ from scipy import ndimage
 
 __all__ = [
     "SPACING_RTOL",
+    "labels_from_resampled_scores",
     "new_shape",
-    "resample_labels_via_probabilities",
     "resample_to_shape",
     "resample_to_spacing",
 ]
@@ -92,7 +92,7 @@ def resample_to_spacing(
     return resample_to_shape(data, new_shape(data.shape[1:], spacing_in, spacing_out))
 
 
-def resample_labels_via_probabilities(
+def labels_from_resampled_scores(
     scores: np.ndarray, shape: Sequence[int], *, margins: bool = False
 ) -> np.ndarray:
     """Class map (X, Y, Z) at ``shape`` from per-class ``scores`` (K, x, y, z), probabilities or

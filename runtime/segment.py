@@ -28,19 +28,21 @@ from veloxseg.runtime.nifti_io import (
     DEFAULT_MAX_VOXELS,
     TRANSLATION_TOL_MM,
     ImageGeometry,
-    atomic_write_bytes,
-    create_output_folder,
     load_case,
-    nearest_unwritable_folder,
     save_labels,
     save_probabilities,
-    staged_outputs,
 )
 from veloxseg.runtime.normalization import normalize
 from veloxseg.runtime.orientation import from_canonical, to_canonical
+from veloxseg.runtime.output_files import (
+    atomic_write_bytes,
+    create_output_folder,
+    nearest_unwritable_folder,
+    staged_outputs,
+)
 from veloxseg.runtime.resampling import (
+    labels_from_resampled_scores,
     new_shape,
-    resample_labels_via_probabilities,
     resample_to_shape,
     resample_to_spacing,
 )
@@ -261,7 +263,7 @@ def _infer_labels(
     margins = engine.label_output == MARGINS  # K-1 channels instead of K
     scores = engine.predict_volume(volume, output="margins" if margins else "logits", **kwargs)
     if resampled:
-        labels = resample_labels_via_probabilities(scores, canonical_shape, margins=margins)
+        labels = labels_from_resampled_scores(scores, canonical_shape, margins=margins)
     else:
         indices = labels_from_margins(scores) if margins else np.argmax(scores, axis=0)
         labels = indices.astype(np.uint8 if engine.metadata.n_classes <= 256 else np.uint16)

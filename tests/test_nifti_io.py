@@ -12,13 +12,8 @@ import SimpleITK as sitk
 
 from veloxseg.runtime import nifti_io
 from veloxseg.runtime.errors import InputError
-from veloxseg.runtime.nifti_io import (
-    atomic_write_bytes,
-    atomic_writer,
-    load_case,
-    save_labels,
-    save_probabilities,
-)
+from veloxseg.runtime.nifti_io import load_case, save_labels, save_probabilities
+from veloxseg.runtime.output_files import atomic_write_bytes, atomic_writer
 
 AFFINE = np.array(
     [[-0.8, 0.0, 0.0, 90.0], [0.0, -0.9, 0.0, 110.0], [0.0, 0.0, 2.5, -70.0], [0, 0, 0, 1]]

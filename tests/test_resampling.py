@@ -9,8 +9,8 @@ import pytest
 
 from veloxseg.runtime import resampling
 from veloxseg.runtime.resampling import (
+    labels_from_resampled_scores,
     new_shape,
-    resample_labels_via_probabilities,
     resample_to_shape,
     resample_to_spacing,
 )
@@ -70,7 +70,7 @@ def test_edge_aligned_upsampling_keeps_the_field_of_view() -> None:
 def test_streaming_labels_equal_naive_argmax(target: tuple[int, int, int]) -> None:
     scores = image((5, 7, 8, 9), seed=1)
     naive = np.argmax(resample_to_shape(scores, target), axis=0)
-    labels = resample_labels_via_probabilities(scores, target)
+    labels = labels_from_resampled_scores(scores, target)
     assert labels.dtype == np.uint8 and labels.shape == target
     np.testing.assert_array_equal(labels, naive)
 
@@ -79,9 +79,9 @@ def test_streaming_labels_equal_naive_argmax(target: tuple[int, int, int]) -> No
 def test_labels_resampled_slab_by_slab_equal_the_whole_grid_argmax(monkeypatch, margins) -> None:
     scores = image((3, 9, 7, 11), seed=4)
     target = (20, 15, 29)
-    whole = resample_labels_via_probabilities(scores, target, margins=margins)
+    whole = labels_from_resampled_scores(scores, target, margins=margins)
     monkeypatch.setattr(resampling, "SLAB_VOXELS", 20 * 15 * 4)  # slabs of 4 slices, then 1
-    slabs = resample_labels_via_probabilities(scores, target, margins=margins)
+    slabs = labels_from_resampled_scores(scores, target, margins=margins)
     np.testing.assert_array_equal(slabs, whole)
     full = resample_to_shape(scores, target)
     if margins:
@@ -93,7 +93,7 @@ def test_labels_resampled_to_a_large_grid_need_no_float_volume_of_that_size() ->
     scores = image((1, 40, 40, 30), seed=6)
     target = (320, 320, 240)  # 24.6 M voxels: a float32 volume of it is 98 MB
     tracemalloc.start()
-    labels = resample_labels_via_probabilities(scores, target, margins=True)
+    labels = labels_from_resampled_scores(scores, target, margins=True)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < labels.nbytes + 4 * resampling.SLAB_VOXELS * 4  # labels + slab buffers
@@ -104,12 +104,12 @@ def test_streaming_labels_break_ties_like_argmax() -> None:
     scores = np.random.default_rng(2).integers(0, 3, size=(4, 6, 6, 6)).astype(np.float32)
     for target in [(6, 6, 6), (12, 12, 12)]:
         naive = np.argmax(resample_to_shape(scores, target), axis=0)
-        np.testing.assert_array_equal(resample_labels_via_probabilities(scores, target), naive)
+        np.testing.assert_array_equal(labels_from_resampled_scores(scores, target), naive)
 
 
 def test_many_classes_use_uint16() -> None:
     scores = image((300, 2, 3, 2), seed=3)
-    labels = resample_labels_via_probabilities(scores, (3, 3, 3))
+    labels = labels_from_resampled_scores(scores, (3, 3, 3))
     assert labels.dtype == np.uint16
     np.testing.assert_array_equal(labels, np.argmax(resample_to_shape(scores, (3, 3, 3)), axis=0))
 
@@ -117,7 +117,7 @@ def test_many_classes_use_uint16() -> None:
 @pytest.mark.parametrize("target", [(13, 5, 11), (3, 16, 4)])
 def test_labels_from_resampled_margins_equal_those_from_logits(target) -> None:
     logits = image((4, 7, 8, 9), seed=5)
-    from_logits = resample_labels_via_probabilities(logits, target)
-    from_margins = resample_labels_via_probabilities(logits[1:] - logits[:1], target, margins=True)
+    from_logits = labels_from_resampled_scores(logits, target)
+    from_margins = labels_from_resampled_scores(logits[1:] - logits[:1], target, margins=True)
     np.testing.assert_array_equal(from_margins, from_logits)
     assert len(np.unique(from_logits)) > 1
