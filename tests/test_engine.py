@@ -270,3 +270,16 @@ def test_onnxruntime_throughput_lanes_run_windows_at_once_with_the_latency_path_
         latency.predict_volume(volume, output="margins"),
         atol=1e-4,
     )
+
+
+def test_openvino_is_loaded_without_its_telemetry_so_no_network_call_is_made():
+    code = (
+        "import sys\n"
+        "from veloxseg.assets import bundled_model\n"
+        "from veloxseg.runtime import Engine\n"
+        "Engine.open(bundled_model(), backend='openvino', precision='fp32', threads=1)\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "assert 'openvino' in sys.modules and sys.modules['openvino_telemetry'] is None\n"
+        "assert t.tm.__name__.endswith('telemetry_stub'), t.tm\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
