@@ -438,7 +438,10 @@ def bench(
         typer.Option(min=1, help="Round-robin rounds over the formats (ratios: median of rounds)."),
     ] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write a bar chart PNG.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a bar chart (.png, .svg, .pdf...).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --json/--plot files.")] = False,
 ) -> None:
     """Patches/s, latency, peak RSS and accuracy per backend x precision vs PyTorch eager."""
     from veloxseg.cli.bench import (
@@ -458,7 +461,7 @@ def bench(
         model = bundled_model()
     for path, example in ((json_out, "bench.json"), (plot, "bench.png")):
         if path is not None:  # in milliseconds, not after minutes of timing
-            check_results_path(path, [model, *(input or [])], example)
+            check_results_path(path, [model, *(input or [])], example, overwrite)
     formats = list(FORMATS) if backends == "all" else [b.strip() for b in backends.split(",")]
     report = bench_patches(
         model, [f for f in formats if f], threads, iterations, rounds=rounds, inputs=input
@@ -471,9 +474,9 @@ def bench(
     print_results(console, report, threads)
     meta = {"model": str(model), "threads": threads, "iterations": iterations, "rounds": rounds}
     if json_out:
-        write_json(json_out, report, meta)
+        write_json(json_out, report, meta, overwrite)
     if plot:
-        write_plot(plot, report, f"{cpu_description()}, {threads} threads")
+        write_plot(plot, report, f"{cpu_description()}, {threads} threads", overwrite)
 
 
 def _terminated(signum: int, frame: object) -> None:

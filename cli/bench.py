@@ -295,9 +295,12 @@ def eager_note(report: BenchReport) -> str | None:
     )
 
 
-def check_results_path(path: Path, sources: Iterable[Path], example: str) -> None:
-    """Refuse a results path that is a folder, or the model or an input (symlinks and hard links
-    included): bench never replaces what it read."""
+def check_results_path(
+    path: Path, sources: Iterable[Path], example: str, overwrite: bool = False
+) -> None:
+    """Refuse a results path that is a folder, the model or an input (symlinks and hard links
+    included: bench never replaces what it read), an existing file without ``overwrite``, or a
+    name whose suffix is not the kind of file ``example`` is (``.json``, or a plot format)."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass a file path such as {example}")
     for source in sources:
@@ -306,6 +309,18 @@ def check_results_path(path: Path, sources: Iterable[Path], example: str) -> Non
                 f"{path} is the bench's input {source}; bench never replaces its inputs, "
                 "choose another path"
             )
+    allowed = (".json",) if example.endswith(".json") else _plot_suffixes()
+    if path.suffix.lower() not in allowed:
+        raise ValueError(f"{path} must end in {', '.join(allowed)} (e.g. {example})")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _plot_suffixes() -> tuple[str, ...]:
+    """The file types matplotlib can save a figure as, e.g. ``.png``, ``.svg``, ``.pdf``."""
+    from matplotlib.figure import Figure
+
+    return tuple(f".{kind}" for kind in Figure().canvas.get_supported_filetypes())
 
 
 def _write_result(path: Path, data: bytes) -> None:
@@ -314,10 +329,10 @@ def _write_result(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def write_json(path: Path, report: BenchReport, meta: dict) -> None:
+def write_json(path: Path, report: BenchReport, meta: dict, overwrite: bool = False) -> None:
     """Results plus machine, settings, accuracy reference and patch source, for
     ``benchmarks/``."""
-    check_results_path(path, report.sources, "bench.json")
+    check_results_path(path, report.sources, "bench.json", overwrite)
     payload = {
         "machine": cpu_description(),
         **meta,
@@ -328,9 +343,9 @@ def write_json(path: Path, report: BenchReport, meta: dict) -> None:
     _write_result(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
-def write_plot(path: Path, report: BenchReport, title: str) -> None:
-    """A bar chart of patches/s per format (PNG, or the format the suffix names)."""
-    check_results_path(path, report.sources, "bench.png")
+def write_plot(path: Path, report: BenchReport, title: str, overwrite: bool = False) -> None:
+    """A bar chart of patches/s per format, in the format the suffix names (PNG, SVG, PDF...)."""
+    check_results_path(path, report.sources, "bench.png", overwrite)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -124,6 +124,29 @@ def test_bench_results_path_that_is_a_folder_is_refused_naming_a_file(tmp_path):
         write_json(tmp_path, _report(), {})
 
 
+@pytest.mark.parametrize("write", [write_json, write_plot], ids=["json", "plot"])
+def test_bench_results_replace_an_existing_file_only_with_overwrite(tmp_path, write):
+    scan = tmp_path / "ct.json" if write is write_json else tmp_path / "ct.png"
+    scan.write_bytes(b"someone's file")
+    meta = {} if write is write_json else "title"
+    with pytest.raises(ValueError, match="exists; pass --overwrite to replace it"):
+        write(scan, _report(), meta)
+    assert scan.read_bytes() == b"someone's file"
+    write(scan, _report(), meta, overwrite=True)
+    assert scan.read_bytes() != b"someone's file"
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "wanted"),
+    [("--json", "ct.nii.gz", "must end in .json"), ("--plot", "p.txt", "must end in .")],
+)
+def test_bench_refuses_a_results_name_of_another_kind_before_timing(tmp_path, option, name, wanted):
+    scan = tmp_path / name
+    result = _invoke("bench", *QUICK, option, str(scan))
+    assert result.exit_code == 2 and wanted in _one_line(result)
+    assert "ms/patch" not in result.output and not scan.exists()
+
+
 @pytest.mark.slow
 def test_bench_times_a_repeated_format_once_and_counts_progress_steps(tmp_path):
     from veloxseg.runtime.benchmark import engine_subject, time_interleaved
