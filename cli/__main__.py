@@ -1,5 +1,5 @@
 """``python -m veloxseg.cli``: the ``veloxseg`` command without the console script."""
 
-from veloxseg.cli.app import main
+from veloxseg.cli import main
 
 main()

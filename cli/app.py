@@ -9,6 +9,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # as nnU-Net's and others' -h
     pretty_exceptions_enable=False,
     help="Fast CPU inference for VeloxSeg 3D segmentation models.",
 )
@@ -77,21 +79,28 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except MemoryError:
-            _fail("out of memory: the image (or its grid at the model's spacing) is too large "
-                  "for this machine; check the header's voxel sizes", 1)  # fmt: skip
-        except (VeloxSegError, ValueError, FileNotFoundError, PermissionError) as e:
-            _fail(one_line(e), 2)
-        except OSError as e:  # the machine's, not ours: disk full, name too long, I/O error
-            where = f" ({e.filename})" if e.filename else ""
-            _fail(f"{e.strerror or one_line(e)}{where}; free space or fix the path and retry", 2)
         except Exception as e:
-            if os.environ.get("VELOXSEG_DEBUG"):
-                raise
-            _fail(f"internal error ({type(e).__name__}: {one_line(e)}); "
-                  "set VELOXSEG_DEBUG=1 for a traceback", 1)  # fmt: skip
+            if _INTERRUPTED.is_set():  # Ctrl-C inside native code can surface as its own error
+                raise KeyboardInterrupt from e
+            _fail_for(e)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail_for(e: Exception) -> None:
+    """One line and exit 2 for what the user can fix, 1 for anything else."""
+    if isinstance(e, MemoryError):
+        _fail("out of memory: the image (or its grid at the model's spacing) is too large "
+              "for this machine; check the header's voxel sizes", 1)  # fmt: skip
+    if isinstance(e, (VeloxSegError, ValueError, FileNotFoundError, PermissionError)):
+        _fail(one_line(e), 2)
+    if isinstance(e, OSError):  # the machine's, not ours: disk full, name too long, I/O error
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"{e.strerror or one_line(e)}{where}; free space or fix the path and retry", 2)
+    if os.environ.get("VELOXSEG_DEBUG"):
+        raise e
+    _fail(f"internal error ({type(e).__name__}: {one_line(e)}); "
+          "set VELOXSEG_DEBUG=1 for a traceback", 1)  # fmt: skip
 
 
 Backend = Annotated[str, typer.Option(help="auto, openvino or onnxruntime.")]
@@ -479,6 +488,16 @@ def bench(
         write_plot(plot, report, f"{cpu_description()}, {threads} threads", overwrite)
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: remembered, so that an error a native library raises for it (OpenVINO's
+    converter reports a failed conversion) still exits 130, not as a broken model."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (Slurm, ``timeout``, ``docker stop``) unwinds like Ctrl-C, so temp files go."""
     raise SystemExit(128 + signum)
@@ -495,6 +514,7 @@ def main() -> None:
     """Console-script entry point: command-line mistakes (a bad option value, a missing option,
     a misspelt command) print one ``error:`` line, like every other failure, not a panel."""
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _interrupt)
     if not sys.stdout.isatty() and rich_utils.MAX_WIDTH is None:
         # Piped or redirected help would be cut to 80 columns (option names end in "…");
         # Typer's own TERMINAL_WIDTH variable still wins when set.

@@ -139,3 +139,46 @@ def test_sigterm_while_writing_exits_143_and_removes_its_temp_files(
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     _assert_intact(out, reference)
+
+
+def test_ctrl_c_that_a_native_library_reports_as_its_own_error_still_exits_130(monkeypatch):
+    """OpenVINO's converter turns a KeyboardInterrupt in a Python callback into a RuntimeError
+    ("Conversion is failed for ..."): that must not read as a broken model."""
+    from veloxseg.cli import app as cli
+
+    monkeypatch.setattr(cli, "_INTERRUPTED", type(cli._INTERRUPTED)())
+
+    @cli.friendly_errors
+    def compile_model() -> None:
+        try:
+            cli._interrupt(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            raise RuntimeError("Conversion is failed for: PairedWindowAttention") from None
+
+    with pytest.raises(KeyboardInterrupt):
+        compile_model()
+
+
+def test_ctrl_c_while_the_command_is_still_importing_exits_130_without_a_traceback():
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def slow(name, *args, **kwargs):\n"  # Ctrl-C lands in the app's imports
+        "    if name == 'typer':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = slow\n"
+        "sys.argv = ['veloxseg', '--help']\n"
+        "from veloxseg.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["-m", "veloxseg", "-h"], ["-m", "veloxseg.cli", "segment", "-h"]]
+)
+def test_python_dash_m_and_dash_h_show_the_help(command):
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True)
+    assert result.returncode == 0 and "Usage:" in result.stdout, result.stderr
