@@ -7,8 +7,11 @@ results, the format cache), not only NIfTI.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,20 +30,24 @@ __all__ = [
 
 _STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("staged_outputs", default=None)
 _TEMP_STEM_BYTES = 200  # of an output's name in its temp name: 255-byte names must work
+# This host in temp names (8 hex digits): only its own dead processes' temps are removed.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only once the block succeeds.
 
-    Data goes to ``.{name}.tmp-{pid}-{random}`` (the name cut to 200 bytes, so that names up to
-    the usual 255-byte limit work) beside ``path`` (never a name a reader would
+    Data goes to ``.{name}.tmp-{host}-{pid}-{random}`` (the name cut to 200 bytes, so that
+    names up to the usual 255-byte limit work) beside ``path`` (never a name a reader would
     take for the output), is fsynced, then ``os.replace``d; on any error the temp is removed and
-    ``path`` is untouched. Failures to create or move the file raise ``InputError``.
+    ``path`` is untouched. Failures to create or move the file raise ``InputError``. Temps of
+    ``path`` that a killed run of this host left (SIGKILL, the OOM killer) are removed first.
     """
     path = Path(path)
     stem = path.name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
-    tmp = path.with_name(f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    _remove_dead_temps(path.with_name(f".{stem}.tmp-{_HOST}-"))
+    tmp = path.with_name(f".{stem}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
     try:  # from before the temp exists: a signal right after its creation still removes it
         try:
             handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
@@ -60,6 +67,26 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_dead_temps(prefix: Path) -> None:
+    """Remove ``{prefix}{pid}-*`` files whose process has ended: a killed run's partial output
+    (gigabytes, for whole-body probabilities) would otherwise stay beside the output for good.
+    Only this host's temps are named by ``prefix``: a pid means nothing on another host."""
+    for temp in prefix.parent.glob(glob.escape(prefix.name) + "*"):
+        pid = temp.name[len(prefix.name) :].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

@@ -70,7 +70,7 @@ def _moment(kind: str, out: Path, pid: int, half_done: set[str], finished: int) 
     if not out.is_dir():
         return False
     if kind == "while writing a temp file":
-        return any(p.name.startswith(".") and f".tmp-{pid}-" in p.name for p in out.iterdir())
+        return any(p.name.startswith(".") and f"-{pid}-" in p.name for p in out.iterdir())
     if kind == "between labels and sidecar":
         return bool(_half_done(out) - half_done)
     return len(list(out.glob("*.json"))) > finished
@@ -182,3 +182,24 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130_without_a_traceba
 def test_python_dash_m_and_dash_h_show_the_help(command):
     result = subprocess.run([sys.executable, *command], capture_output=True, text=True)
     assert result.returncode == 0 and "Usage:" in result.stdout, result.stderr
+
+
+def test_a_killed_runs_temp_files_are_removed_by_the_next_write_of_that_output(tmp_path):
+    from veloxseg.runtime.output_files import atomic_write_bytes
+
+    out = tmp_path / "seg.nii.gz"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from veloxseg.runtime.output_files import atomic_writer\n"
+         "with atomic_writer(__import__('pathlib').Path(sys.argv[1])) as f:\n"
+         "    f.write(b'half a scan'); f.flush(); print('writing', flush=True); time.sleep(60)\n",
+         str(out)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert killed.stdout is not None and killed.stdout.readline() == b"writing\n"
+    atomic_write_bytes(out, b"first")  # a live run's temp stays
+    assert len(list(tmp_path.glob(".seg.nii.gz.tmp-*"))) == 1
+    killed.kill()
+    killed.wait()
+    atomic_write_bytes(out, b"labels")
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
