@@ -25,6 +25,7 @@ __all__ = [
     "atomic_writer",
     "create_output_folder",
     "nearest_unwritable_folder",
+    "remove_dead_temps",
     "staged_outputs",
 ]
 
@@ -45,9 +46,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     ``path`` that a killed run of this host left (SIGKILL, the OOM killer) are removed first.
     """
     path = Path(path)
-    stem = path.name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
-    _remove_dead_temps(path.with_name(f".{stem}.tmp-{_HOST}-"))
-    tmp = path.with_name(f".{stem}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+    remove_dead_temps(path)
+    tmp = Path(f"{_temp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}")
     try:  # from before the temp exists: a signal right after its creation still removes it
         try:
             handle = open(tmp, "xb")  # noqa: SIM115 - closed below, before the rename
@@ -69,10 +69,16 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def _remove_dead_temps(prefix: Path) -> None:
-    """Remove ``{prefix}{pid}-*`` files whose process has ended: a killed run's partial output
+def _temp_prefix(path: Path) -> Path:
+    stem = path.name.encode()[:_TEMP_STEM_BYTES].decode(errors="ignore")
+    return path.with_name(f".{stem}.tmp-{_HOST}-")
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Remove the temps of ``path`` whose process has ended: a killed run's partial output
     (gigabytes, for whole-body probabilities) would otherwise stay beside the output for good.
-    Only this host's temps are named by ``prefix``: a pid means nothing on another host."""
+    Only this host's temps are looked at: a pid means nothing on another host."""
+    prefix = _temp_prefix(Path(path))
     for temp in prefix.parent.glob(glob.escape(prefix.name) + "*"):
         pid = temp.name[len(prefix.name) :].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):

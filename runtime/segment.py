@@ -38,6 +38,7 @@ from veloxseg.runtime.output_files import (
     atomic_write_bytes,
     create_output_folder,
     nearest_unwritable_folder,
+    remove_dead_temps,
     staged_outputs,
 )
 from veloxseg.runtime.resampling import (
@@ -306,6 +307,8 @@ def segment_case(
     check_output(output, inputs)
     if not overwrite:
         check_outputs_free(output, options)
+    for path in output_paths(output).values():  # a killed run's, whatever this run writes
+        remove_dead_temps(path)
     create_output_folder(output.parent)  # before the work: a missing folder costs no inference
     card = engine.metadata
     clock = _Stopwatch()

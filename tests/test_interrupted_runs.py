@@ -203,3 +203,19 @@ def test_a_killed_runs_temp_files_are_removed_by_the_next_write_of_that_output(t
     killed.wait()
     atomic_write_bytes(out, b"labels")
     assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
+
+
+def test_a_rerun_removes_a_killed_runs_temps_of_outputs_it_no_longer_writes(tmp_path):
+    from veloxseg.assets import bundled_model, sample_case
+    from veloxseg.runtime import Engine
+    from veloxseg.runtime.output_files import _temp_prefix
+    from veloxseg.runtime.segment import SegmentOptions, segment_case
+
+    out = tmp_path / "seg.nii.gz"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    left = Path(f"{_temp_prefix(tmp_path / 'seg_probabilities.nii.gz')}{ended.stdout.strip()}-0")
+    left.write_bytes(b"probabilities of a run the OOM killer stopped")
+    engine = Engine.open(bundled_model(), backend="onnxruntime", precision="fp32", threads=2)
+    segment_case(engine, sample_case()[0], out, SegmentOptions())  # labels only, this time
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.json", "seg.nii.gz"]
