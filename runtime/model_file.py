@@ -86,8 +86,10 @@ def graph_for_output(model: ModelFile, output: str) -> onnx.ModelProto:
 def _read(path: Path) -> tuple[onnx.ModelProto, str]:
     if path.is_dir():
         raise ModelFileError(f"model {path} is a folder; pass an exported .onnx file")
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist; pass an exported .onnx file")
+    if not path.is_file():
+        raise ModelFileError(f"model {path} is not a regular file; pass an exported .onnx file")
     size = path.stat().st_size
     if size > _MAX_PROTO_BYTES:  # no valid model is this big: refuse before reading it
         raise ModelFileError(
@@ -98,6 +100,10 @@ def _read(path: Path) -> tuple[onnx.ModelProto, str]:
     try:
         proto = onnx.load_from_string(data)
     except (DecodeError, RuntimeError, ValueError) as e:
+        if path.name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img")):
+            raise ModelFileError(
+                f"{path} is a scan, not a model; pass scans with -i (and a model with -m)"
+            ) from e
         if path.suffix.lower() in (".pth", ".pt", ".ckpt"):
             raise ModelFileError(
                 f"{path} looks like a PyTorch checkpoint, not an ONNX model; convert it with "

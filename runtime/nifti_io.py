@@ -248,7 +248,13 @@ def _open(path: Path) -> nib.Nifti1Pair:
         with _quiet_nibabel():
             img = nib.load(path)
     except _READ_ERRORS as e:
-        what, fix = _what_else(path) or (one_line(e), "pass a .nii or .nii.gz file")
+        known = _what_else(path)
+        if known is None and isinstance(e, HeaderDataError):
+            raise InputError(
+                f"{path} has a corrupt NIfTI header ({one_line(e)}); save it again from the "
+                "tool that made it"
+            ) from e
+        what, fix = known or (one_line(e), "pass a .nii or .nii.gz file")
         raise InputError(f"{path} is not a readable NIfTI image ({what}); {fix}") from e
     if not isinstance(img, nib.Nifti1Pair):  # Nifti1Image, Nifti2Image and .hdr/.img pairs
         raise InputError(
@@ -334,7 +340,7 @@ def _check_header(img: nib.Nifti1Pair, path: Path, max_voxels: int) -> tuple[int
     if n_voxels > max_voxels:
         raise InputError(
             f"{path} has {n_voxels:,} voxels {spatial}, more than the limit of {max_voxels:,}; "
-            "crop or downsample it first"
+            "crop or downsample it first (or raise --max-voxels)"
         )
     dtype = img.get_data_dtype()
     if dtype.kind not in "biuf":

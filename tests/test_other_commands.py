@@ -16,7 +16,7 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from veloxseg.assets import bundled_model
+from veloxseg.assets import bundled_model, sample_case
 from veloxseg.cli.app import app
 from veloxseg.cli.bench import BenchReport, PatchSource, write_json, write_plot
 from veloxseg.model import VeloxSeg, get_config, seeded_state_dict
@@ -189,3 +189,16 @@ def test_demo_into_an_existing_file_says_to_pass_a_folder(tmp_path):
     result = _invoke("demo", "-o", taken, "--threads", "1")
     assert result.exit_code == 2 and "is a file; pass a folder with -o" in _one_line(result)
     assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("make", "wanted"),
+    [
+        (lambda tmp: sample_case()[0][0], "is a scan, not a model; pass scans with -i"),
+        (lambda tmp: Path("/dev/null"), "is not a regular file"),
+    ],
+    ids=["scan", "device"],
+)
+def test_info_on_a_file_that_is_not_a_model_says_what_it_is(tmp_path, make, wanted):
+    result = _invoke("info", make(tmp_path))
+    assert result.exit_code == 2 and wanted in _one_line(result)
