@@ -50,17 +50,19 @@ FALLBACK_REFERENCE = "onnxruntime-fp32"  # accuracy reference when eager cannot 
 SAMPLE_MODALITIES = ("CT", "PET")  # those of the bundled sample, in its file order
 SYNTHETIC_SEED = 0
 NO_TORCH = "skipped: torch not installed"
-FORMATS = {  # name: (backend, precision, streams, output); streams 0 = OpenVINO's choice
+FORMATS = {  # name: (backend, precision, streams, output); streams 0 = the runtime's choice
     "openvino-fp32": ("openvino", "fp32", 1, LOGITS),
     "openvino-bf16": ("openvino", "bf16", 1, LOGITS),
     "onnxruntime-fp32": ("onnxruntime", "fp32", 1, LOGITS),
     "openvino-fp32-throughput": ("openvino", "fp32", 0, LOGITS),
     "openvino-bf16-throughput": ("openvino", "bf16", 0, LOGITS),
-    # what `veloxseg segment` runs for labels: the label-margins output (OpenVINO: throughput
-    # streams)
+    "onnxruntime-fp32-throughput": ("onnxruntime", "fp32", 0, LOGITS),
+    # what `veloxseg segment` runs for labels: the label-margins output, in throughput mode
+    # (OpenVINO streams, or parallel ONNX Runtime sessions)
     "openvino-fp32-labels-throughput": ("openvino", "fp32", 0, MARGINS),
     "openvino-bf16-labels-throughput": ("openvino", "bf16", 0, MARGINS),
     "onnxruntime-fp32-labels": ("onnxruntime", "fp32", 1, MARGINS),
+    "onnxruntime-fp32-labels-throughput": ("onnxruntime", "fp32", 0, MARGINS),
 }
 
 
