@@ -287,8 +287,7 @@ def _with_progress(
     ) as bar:
         task = bar.add_task("cases", total=total)
         report = run(lambda case, status: bar.advance(task))
-    if not quiet or report.failed:
-        print_folder_summary(err, report)
+    print_folder_summary(err, report, quiet)
     if report.failed:
         raise typer.Exit(1)
 

@@ -29,9 +29,17 @@ def print_case_summary(console: Console, result, model_load: float = 0.0) -> Non
     console.print(labels)
 
 
-def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-untyped-def]
+def print_folder_summary(console: Console, report, quiet: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Seconds per stage over the cases done (total and per case), then counts of done,
-    skipped and failed cases, with each failure's reason."""
+    skipped and failed cases, with each failure's reason; ``quiet``: the failures only."""
+    if not quiet:
+        _print_folder_timings(console, report)
+    for case_id, reason in report.failed.items():
+        # one line per failure even when piped, so that logs can be grepped
+        console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _print_folder_timings(console: Console, report) -> None:  # type: ignore[no-untyped-def]
     if report.results:
         stages: Counter[str] = Counter()
         for result in report.results.values():
@@ -50,9 +58,6 @@ def print_folder_summary(console: Console, report) -> None:  # type: ignore[no-u
         for warning in result.warnings:
             console.print(f"  [yellow]warning[/] {case_id}: {warning}", highlight=False,
                           soft_wrap=True)  # fmt: skip
-    for case_id, reason in report.failed.items():
-        # one line per failure even when piped, so that logs can be grepped
-        console.print(f"  [red]failed[/] {case_id}: {reason}", highlight=False, soft_wrap=True)
 
 
 def print_model_info(console: Console, model) -> None:  # type: ignore[no-untyped-def]

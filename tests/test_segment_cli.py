@@ -230,6 +230,11 @@ def test_folder_mode_skips_resumes_and_reports_failing_case(model, tmp_path):
     assert (out / "case1.json").exists()
     assert not list(out.glob(".*tmp*"))
 
+    quiet = runner.invoke(app, [*args, "-q"])  # the failure only, on one line
+    assert quiet.exit_code == 1
+    lines = quiet.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("failed broken: "), quiet.output
+
 
 @pytest.mark.slow
 def test_four_class_model_labels_from_margins_match_its_logits_on_a_resampled_scan(
