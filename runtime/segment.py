@@ -136,6 +136,11 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
             f"output {output} is a folder; name the file for one case (e.g. {output}/CASE.nii.gz)"
             ", or pass a folder of cases as -i"
         )
+    if "." not in output.name:  # `-o out/`, meaning a folder, arrives here without its slash
+        raise InputError(
+            f"output {output} has no .nii.gz suffix: name the file for one case (e.g. "
+            f"{output}/CASE.nii.gz); a folder of outputs needs a folder of cases as -i"
+        )
     if not output.name.lower().endswith((".nii.gz", ".nii")):
         raise InputError(
             f"output {output} must end in .nii.gz or .nii (e.g. {output.with_suffix('')}.nii.gz)"
