@@ -105,6 +105,13 @@ def _fail_for(e: Exception) -> None:
 
 Backend = Annotated[str, typer.Option(help="auto, openvino or onnxruntime.")]
 Precision = Annotated[str, typer.Option(help="auto, fp32 or bf16 (bf16: OpenVINO only).")]
+Overlap = Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")]
+BlendOption = Annotated[str, typer.Option("--blend", help="constant or gaussian.")]
+Tta = Annotated[bool, typer.Option(help="Mirror over 3 axes (8x slower).")]
+BatchSize = Annotated[int, typer.Option(help="Windows per inference call.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or summary (failures still shown).")
+]
 
 
 def _open_engine(model: Path | None, backend: str, precision: str, threads: int | None):  # type: ignore[no-untyped-def]
@@ -139,15 +146,13 @@ def segment(
         int | None,
         typer.Option(min=1, help="CPU threads (default: all cores; with --ray: per worker)."),
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Sliding-window overlap in [0, 1).")] = 0.25,
-    blend: Annotated[str, typer.Option(help="constant or gaussian.")] = "constant",
-    tta: Annotated[bool, typer.Option(help="Mirror over 3 axes (8x slower).")] = False,
-    batch_size: Annotated[int, typer.Option(help="Windows per inference call.")] = 1,
+    overlap: Overlap = 0.25,
+    blend: BlendOption = "constant",
+    tta: Tta = False,
+    batch_size: BatchSize = 1,
     save_probabilities: Annotated[bool, typer.Option(help="Also write probabilities.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or summary (failures still shown).")
-    ] = False,
+    quiet: Quiet = False,
     preview: Annotated[bool, typer.Option(help="Write a PNG preview beside the output.")] = False,
     max_voxels: Annotated[
         int, typer.Option(min=1, help="Refuse inputs with more voxels (checked from the header).")
@@ -304,11 +309,11 @@ def demo(
     backend: Backend = "auto",
     precision: Precision = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
-    overlap: float = 0.25,
-    blend: str = "constant",
-    tta: bool = False,
-    batch_size: int = 1,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    overlap: Overlap = 0.25,
+    blend: BlendOption = "constant",
+    tta: Tta = False,
+    batch_size: BatchSize = 1,
+    quiet: Quiet = False,
 ) -> None:
     """Segment the bundled sample with the bundled model and print the Dice against its label."""
     import nibabel as nib
