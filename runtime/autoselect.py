@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from veloxseg.runtime.backends import (
+    BACKEND_PRECISIONS,
     Backend,
     BackendOptions,
     available_backends,
@@ -113,9 +114,7 @@ def _time(backend: Backend, x: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
-    found = available_backends()
-    pairs = [("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "fp32")]
-    pairs = [(b, p) for b, p in pairs if b in found]
+    pairs = [(b, p) for b in available_backends() for p in BACKEND_PRECISIONS[b]]
     if not _has_native_bf16():
         pairs = [(b, p) for b, p in pairs if p != "bf16"]
     if backend != "auto":

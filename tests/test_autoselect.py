@@ -33,8 +33,12 @@ def test_auto_calibrates_once_then_uses_the_cache(exported, cache, monkeypatch):
 
 def test_reduced_precision_below_agreement_bound_is_never_chosen(exported, cache, monkeypatch):
     monkeypatch.setattr(autoselect, "MIN_AGREEMENT", 1.01)  # no bf16 result can qualify
+    monkeypatch.setattr(autoselect, "_has_native_bf16", lambda: True)  # bf16 timed on any CPU
     engine = Engine.open(exported("autopetii"), threads=2)
     assert engine.precision == "fp32"
+    (entry,) = json.loads(cache.read_text()).values()
+    bf16 = [r for r in entry["calibration"] if r["precision"] == "bf16"]
+    assert bf16 and not any(r["eligible"] for r in bf16)
 
 
 def test_auto_precision_with_fixed_backend_stays_on_that_backend(exported, cache):

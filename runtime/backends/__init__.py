@@ -9,6 +9,7 @@ from veloxseg.runtime.backends.base import Backend, BackendOptions
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_PRECISIONS",
     "Backend",
     "BackendOptions",
     "available_backends",
@@ -18,15 +19,15 @@ __all__ = [
 ]
 
 BACKENDS = ("openvino", "onnxruntime")
-_PRECISIONS = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}
+BACKEND_PRECISIONS = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32",)}  # fp32 first
 
 
 def check_precision(backend: str, precision: str) -> None:
     """Raise ``ValueError`` if ``backend`` cannot run ``precision``, saying what can."""
-    if precision not in _PRECISIONS[backend]:
+    if precision not in BACKEND_PRECISIONS[backend]:
         raise ValueError(
-            f"the {backend} backend runs {' or '.join(_PRECISIONS[backend])} only, got precision "
-            f"{precision!r}; use --backend openvino for bf16"
+            f"the {backend} backend runs {' or '.join(BACKEND_PRECISIONS[backend])} only, got "
+            f"precision {precision!r}; use --backend openvino for bf16"
         )
 
 
@@ -48,7 +49,7 @@ def require_backend(name: str) -> None:
 
 def create_backend(name: str, model, options: BackendOptions) -> Backend:  # type: ignore[no-untyped-def]
     """Instantiate backend ``name`` (``openvino`` or ``onnxruntime``) for a validated model."""
-    if name in _PRECISIONS:
+    if name in BACKEND_PRECISIONS:
         check_precision(name, options.precision)
         require_backend(name)
     if name == "openvino":
