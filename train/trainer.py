@@ -47,6 +47,8 @@ __all__ = [
     "train_main",
 ]
 
+TRAINED_CONFIG = "autopetii"  # the phantoms are PET/CT, the data this config takes
+
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 LAST_CHECKPOINT = "checkpoint_last.pth"
 MODEL_FILE = "model_final.pth"
@@ -81,7 +83,6 @@ class TrainConfig:
     time_limit_minutes: float | None = None
     fit_to_time_limit: bool = False
     workers: int | None = None
-    config_name: str = "autopetii"
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -327,7 +328,7 @@ def _resolve_device(name: str) -> torch.device:
 def _setup(config: TrainConfig, device: torch.device) -> _State:
     """Pool, model, optimizer and schedulers; also writes ``normalization.json``."""
     torch.manual_seed(config.seed)
-    model_config = get_config(config.config_name)
+    model_config = get_config(TRAINED_CONFIG)
     seeds = range(config.pool_size)
     pool, stats = build_pool(
         seeds, device, model_config["input_size"], config.pool_shape, config.workers, config.seed
