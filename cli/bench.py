@@ -31,7 +31,7 @@ from veloxseg.runtime.benchmark import (
     time_interleaved,
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
-from veloxseg.runtime.output_files import atomic_write_bytes
+from veloxseg.runtime.output_files import atomic_write_bytes, replaced_input
 
 __all__ = [
     "FORMATS",
@@ -305,12 +305,11 @@ def check_results_path(
     name whose suffix is not the kind of file ``example`` is (``.json``, or a plot format)."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass a file path such as {example}")
-    for source in sources:
-        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
-            raise ValueError(
-                f"{path} is the bench's input {source}; bench never replaces its inputs, "
-                "choose another path"
-            )
+    if (source := replaced_input(path, sources)) is not None:
+        raise ValueError(
+            f"{path} is the bench's input {source}; bench never replaces its inputs, "
+            "choose another path"
+        )
     allowed = (".json",) if example.endswith(".json") else _plot_suffixes()
     if path.suffix.lower() not in allowed:
         raise ValueError(f"{path} must end in {', '.join(allowed)} (e.g. {example})")

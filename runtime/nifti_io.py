@@ -41,7 +41,7 @@ from nibabel.volumeutils import apply_read_scaling, array_from_file, seek_tell
 
 from veloxseg.runtime.errors import InputError, one_line
 from veloxseg.runtime.orientation import empty_in_canonical_layout
-from veloxseg.runtime.output_files import atomic_writer
+from veloxseg.runtime.output_files import atomic_writer, replaced_input
 
 __all__ = [
     "CONVERT_DICOM",
@@ -468,17 +468,11 @@ def _read_to_end(f: BinaryIO) -> None:
             raise
 
 
-def save_labels(
-    labels: np.ndarray,
-    geometry: ImageGeometry,
-    out_path: Path,
-    *,
-    inputs: Sequence[Path] = (),
-) -> None:
+def save_labels(labels: np.ndarray, geometry: ImageGeometry, out_path: Path) -> None:
     """Write an integer label map ``(X, Y, Z)`` in file voxel order onto the input's grid.
 
-    Stored as uint8, or uint16 when a label exceeds 255. Refuses to overwrite any input
-    (``geometry.sources`` plus ``inputs``).
+    Stored as uint8, or uint16 when a label exceeds 255. Refuses to overwrite an input
+    (``geometry.sources``).
     """
     if labels.shape != geometry.shape:
         raise ValueError(f"labels have shape {labels.shape}, the input grid is {geometry.shape}")
@@ -488,35 +482,25 @@ def save_labels(
     if low < 0 or high > np.iinfo(np.uint16).max:
         raise ValueError(f"labels must lie in [0, 65535], got [{low}, {high}]")
     dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
-    _write_nifti(labels.astype(dtype, copy=False), geometry, Path(out_path), inputs)
+    _write_nifti(labels.astype(dtype, copy=False), geometry, Path(out_path))
 
 
-def save_probabilities(
-    probs: np.ndarray,
-    geometry: ImageGeometry,
-    out_path: Path,
-    *,
-    inputs: Sequence[Path] = (),
-) -> None:
+def save_probabilities(probs: np.ndarray, geometry: ImageGeometry, out_path: Path) -> None:
     """Write per-class probabilities ``(K, X, Y, Z)`` (file voxel order) as a 4D float32 NIfTI
     with classes on the last axis, the same convention as a 4D multi-modality input."""
     if probs.ndim != 4 or probs.shape[1:] != geometry.shape:
         raise ValueError(f"probabilities have shape {probs.shape}, want (K, *{geometry.shape})")
     data = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
-    _write_nifti(data, geometry, Path(out_path), inputs)
+    _write_nifti(data, geometry, Path(out_path))
 
 
-def _write_nifti(
-    data: np.ndarray, geometry: ImageGeometry, out_path: Path, inputs: Sequence[Path]
-) -> None:
+def _write_nifti(data: np.ndarray, geometry: ImageGeometry, out_path: Path) -> None:
     """Build a header carrying the input's spatial fields and write ``data`` atomically."""
     name = out_path.name
     if not name.lower().endswith((".nii", ".nii.gz")):
         raise InputError(f"output {out_path} must end in .nii.gz or .nii")
-    target = out_path.resolve()
-    for src in (*geometry.sources, *inputs):
-        if target == Path(src).resolve():
-            raise InputError(f"output {out_path} would overwrite input {src}; choose another path")
+    if (source := replaced_input(out_path, geometry.sources)) is not None:
+        raise InputError(f"output {out_path} would overwrite input {source}; choose another path")
     is_nifti2 = isinstance(geometry.header, nib.Nifti2Header)
     header = nib.Nifti2Header() if is_nifti2 else nib.Nifti1Header()
     header.set_data_shape(data.shape)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -26,6 +26,7 @@ __all__ = [
     "create_output_folder",
     "nearest_unwritable_folder",
     "remove_dead_temps",
+    "replaced_input",
     "staged_outputs",
 ]
 
@@ -147,3 +148,16 @@ def nearest_unwritable_folder(path: Path) -> Path | None:
     while not folder.exists():
         folder = folder.parent
     return None if os.access(folder, os.W_OK | os.X_OK) else folder
+
+
+def replaced_input(output: Path, inputs: Iterable[Path]) -> Path | None:
+    """The input that writing ``output`` would replace, else None: the same path however
+    spelt (``sub/..``, symlinks), or the same file under another name (a hard link)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        source = Path(source)
+        if target == source.resolve():
+            return source
+        if target.exists() and source.exists() and os.path.samefile(target, source):
+            return source
+    return None

@@ -39,6 +39,7 @@ from veloxseg.runtime.output_files import (
     create_output_folder,
     nearest_unwritable_folder,
     remove_dead_temps,
+    replaced_input,
     staged_outputs,
 )
 from veloxseg.runtime.resampling import (
@@ -147,10 +148,11 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
         )
     if (folder := nearest_unwritable_folder(output.parent)) is not None:
         raise InputError(f"cannot write {output}: {folder} is not writable; choose another -o")
-    sources = {Path(p).resolve() for p in inputs}
     for path in output_paths(output).values():
-        if path.resolve() in sources:
-            raise InputError(f"output {path} would overwrite an input; choose another output path")
+        if (source := replaced_input(path, inputs)) is not None:
+            raise InputError(
+                f"output {path} would overwrite input {source}; choose another output path"
+            )
 
 
 def check_outputs_free(output: Path, options: SegmentOptions) -> None:
@@ -345,10 +347,10 @@ def segment_case(
     result = CaseResult(output=output, sidecar=paths["sidecar"], warnings=warnings)
     with staged_outputs():  # all outputs appear together (renamed at the end), sidecar last
         with clock.stage("save"):
-            save_labels(labels, geometry, paths["labels"], inputs=inputs)
+            save_labels(labels, geometry, paths["labels"])
             if probs is not None:
                 probs = from_canonical(probs, reorientation)  # a view, written slab by slab
-                save_probabilities(probs, geometry, paths["probabilities"], inputs=inputs)
+                save_probabilities(probs, geometry, paths["probabilities"])
                 result.probabilities = paths["probabilities"]
             if options.preview:
                 from veloxseg.runtime.preview import write_preview

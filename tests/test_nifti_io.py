@@ -392,8 +392,11 @@ def test_refuses_to_overwrite_an_input(tmp_path: Path) -> None:
     labels = np.zeros(SHAPE, np.uint8)
     with pytest.raises(InputError, match="would overwrite input"):
         save_labels(labels, geo, tmp_path / "sub" / ".." / "in.nii.gz")
+    linked = tmp_path / "linked.nii.gz"
+    linked.hardlink_to(src)  # the same file under another name
     with pytest.raises(InputError, match="would overwrite input"):
-        save_labels(labels, geo, other, inputs=[other])
+        save_labels(labels, geo, linked)
+    assert nib.load(other).get_data_dtype() == np.float32
     assert nib.load(src).get_data_dtype() == np.float32
 
 

@@ -476,7 +476,7 @@ def test_an_input_named_like_an_extra_output_is_refused_before_any_work(model, t
     renamed = inputs[1].rename(tmp_path / "seg_probabilities.nii.gz")
     result = _segment(model, [inputs[0], renamed], tmp_path / "seg.nii.gz", "--save-probabilities",
                       "--overwrite")  # fmt: skip
-    assert result.exit_code == 2 and "would overwrite an input" in result.output
+    assert result.exit_code == 2 and "would overwrite input" in result.output
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
