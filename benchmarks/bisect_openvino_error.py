@@ -16,7 +16,7 @@ import onnxruntime as ort
 import openvino as ov
 
 from veloxseg.assets import bundled_model
-from veloxseg.cli.bench import sample_patches
+from veloxseg.runtime.benchmark import sample_patches
 from veloxseg.runtime.model_file import graph_for_output, open_model_file
 from veloxseg.runtime.openvino_pwa import pwa_conversion_extension
 

@@ -24,10 +24,12 @@ from veloxseg.runtime.benchmark import (
     FormatResult,
     Subject,
     Timing,
+    case_patches,
     compare_logits,
     compare_margins,
     engine_subject,
     file_size_mb,
+    sample_patches,
     time_interleaved,
 )
 from veloxseg.runtime.model_file import LOGITS, MARGINS, open_model_file
@@ -80,41 +82,6 @@ class PatchSource:
 
     def to_dict(self) -> dict[str, str]:
         return {"source": self.kind, "description": self.description}
-
-
-def case_patches(model: Path, inputs: list[Path], count: int) -> np.ndarray:
-    """``count`` patches of one case (a file per modality, or one 4D file), preprocessed exactly
-    as ``veloxseg segment`` does (real anatomy, not noise), so that argmax agreement means
-    something for a trained model."""
-    from veloxseg.runtime.nifti_io import load_case
-    from veloxseg.runtime.orientation import to_canonical
-    from veloxseg.runtime.segment import to_model_grid
-    from veloxseg.runtime.tiling import plan_tiles
-
-    card = open_model_file(model).card
-    data, geometry = load_case(inputs, card.in_channels, modality_names=card.modalities)
-    canonical, affine, _ = to_canonical(data, geometry.affine)
-    volume, _ = to_model_grid(np.ascontiguousarray(canonical), affine, card)
-    plan = plan_tiles(volume.shape[1:], card.patch_size, 0.25)
-    padded = np.pad(volume, ((0, 0), *plan.pad))
-    picks = np.linspace(0, len(plan.starts) - 1, count).round().astype(int)
-    patches = [
-        padded[
-            (
-                slice(None),
-                *(slice(s, s + p) for s, p in zip(plan.starts[i], card.patch_size, strict=True)),
-            )
-        ]
-        for i in picks
-    ]
-    return np.ascontiguousarray(np.stack(patches), dtype=np.float32)
-
-
-def sample_patches(model: Path, count: int) -> np.ndarray:
-    """``count`` patches of the bundled sample (CT, PET) for a model taking those modalities."""
-    from veloxseg.assets import sample_case
-
-    return case_patches(model, sample_case()[0], count)
 
 
 def bench_input(

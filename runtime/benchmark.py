@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -26,10 +26,12 @@ __all__ = [
     "FormatResult",
     "Subject",
     "Timing",
+    "case_patches",
     "compare_logits",
     "compare_margins",
     "engine_subject",
     "run_isolated",
+    "sample_patches",
     "time_calls",
     "time_interleaved",
 ]
@@ -52,6 +54,33 @@ class FormatResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def case_patches(model: str | Path, inputs: Sequence[Path], count: int) -> np.ndarray:
+    """``count`` windows spread over one case (a file per modality, or one 4D file),
+    preprocessed exactly as ``veloxseg segment`` does (real anatomy, not noise), so that argmax
+    agreement means something for a trained model."""
+    from veloxseg.runtime.model_file import open_model_file
+    from veloxseg.runtime.nifti_io import load_case
+    from veloxseg.runtime.orientation import to_canonical
+    from veloxseg.runtime.segment import to_model_grid
+    from veloxseg.runtime.sliding_window import extract_windows
+    from veloxseg.runtime.tiling import plan_tiles
+
+    card = open_model_file(model).card
+    data, geometry = load_case(inputs, card.in_channels, modality_names=card.modalities)
+    canonical, affine, _ = to_canonical(data, geometry.affine)
+    volume, _ = to_model_grid(np.ascontiguousarray(canonical), affine, card)
+    plan = plan_tiles(volume.shape[1:], card.patch_size, 0.25)
+    picks = np.linspace(0, len(plan.starts) - 1, count).round().astype(int)
+    return extract_windows(volume, plan, [plan.starts[i] for i in picks])
+
+
+def sample_patches(model: str | Path, count: int) -> np.ndarray:
+    """``count`` windows of the bundled sample (CT, PET) for a model taking those modalities."""
+    from veloxseg.assets import sample_case
+
+    return case_patches(model, sample_case()[0], count)
 
 
 def time_calls(fn: Callable[[], object], iterations: int) -> list[float]:

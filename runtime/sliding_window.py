@@ -100,7 +100,7 @@ def sliding_window_predict(
     try:
         with _progress_bar(progress, len(plan.starts)) as advance:
             for starts in batches:
-                batch = _extract(volume, plan, starts)
+                batch = extract_windows(volume, plan, starts)
                 keys = [_constant_key(w) if reuse_constant else None for w in batch]
                 if all(key in reused for key in keys):  # every window already computed
                     pending.append((starts, [reused[key] for key in keys]))  # type: ignore[index]
@@ -157,7 +157,7 @@ def _check_options(n_classes: int, batch_size: int, output: str, max_in_flight: 
         )
 
 
-def _extract(
+def extract_windows(
     volume: np.ndarray, plan: TilePlan, starts: Sequence[tuple[int, int, int]]
 ) -> np.ndarray:
     """Cut a contiguous ``(B, C, *patch)`` batch; voxels in the plan's padding are 0."""

@@ -177,8 +177,8 @@ def test_openvino_fp32_matches_pytorch_within_1e3_on_air_heavy_sample_windows(st
     import torch
 
     from veloxseg.assets import bundled_model
-    from veloxseg.cli.bench import sample_patches
     from veloxseg.export.torch_reference import torch_model_from_onnx
+    from veloxseg.runtime.benchmark import sample_patches
 
     patches = sample_patches(bundled_model(), 4)
     torch.set_num_threads(2)
