@@ -1,11 +1,13 @@
 """Where OpenVINO spends its time on one patch: PERF_COUNT per node, grouped by layer type and
 listed for the slowest nodes, for one graph output (the other is dropped, as the engine does).
 
-Usage: python benchmarks/profile_openvino.py [MODEL] [fp32|bf16] [logits|label_margins]"""
+Usage: [THREADS=2] python benchmarks/profile_openvino.py [MODEL] [fp32|bf16] [logits|label_margins]
+(THREADS=1 profiles one throughput stream, as `veloxseg segment` runs each on 2 cores)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -27,7 +29,7 @@ def main() -> None:
     core.add_extension(pwa_conversion_extension())
     config = {
         "PERF_COUNT": True,
-        "INFERENCE_NUM_THREADS": 2,
+        "INFERENCE_NUM_THREADS": int(os.environ.get("THREADS", 2)),
         "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
     }
     model = core.read_model(path)
