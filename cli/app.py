@@ -399,11 +399,7 @@ def export(
             "list (e.g. the normalization.json that veloxseg train writes)"
         )
     if result.generic_card_fields:
-        _notice(
-            f"config {result.card.config_name!r} has no named card defaults, so the card's "
-            f"{', '.join(result.generic_card_fields)} are generic guesses (channel0..., z-score, "
-            "1 mm); re-export with --card FILE.json giving what the model was trained with"
-        )
+        _notice(result.generic_card_notice)
 
 
 @app.command()

@@ -13,7 +13,6 @@ import difflib
 import hashlib
 import io
 import json
-import os
 import types
 import warnings
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ import onnx
 import torch
 
 from veloxseg import __version__
-from veloxseg.export.card_defaults import DEFAULT_CARDS, default_card_fields
+from veloxseg.export.card_defaults import GUESSES, default_card_fields, guessed_card_fields
 from veloxseg.export.inference_graph import (
     export_forward,
     merged_embed,
@@ -50,7 +49,7 @@ from veloxseg.runtime.card import (
     Normalization,
 )
 from veloxseg.runtime.errors import VeloxSegError
-from veloxseg.runtime.output_files import atomic_writer
+from veloxseg.runtime.output_files import atomic_writer, replaced_input
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -68,7 +67,7 @@ SUPPORTED_OPSETS = range(11, 21)
 supported torch (>= 2.4) exports. Each one exports and verifies in ONNX Runtime and OpenVINO."""
 IR_VERSION = 10  # function overloads need IR 10
 """What ``veloxseg train`` writes beside its checkpoints: card fields measured on its data."""
-# What preprocessing rests on: recorded by training, guessed for a config with no known card.
+# What preprocessing rests on: recorded by training.
 _PREPROCESSING_FIELDS = ("modalities", "normalization", "spacing")
 
 
@@ -89,8 +88,19 @@ class ExportResult:
     placeholder_statistics: bool
     """The card's CT statistics are the config's placeholders, not measured on training data."""
     generic_card_fields: tuple[str, ...] = ()
-    """Card fields left at generic guesses (``channel0``, z-score, 1 mm): the config has no named
-    defaults and neither ``--card`` nor the training run's file gave them."""
+    """Card fields left at generic guesses (``channel0``, z-score, 1 mm, labels ``0..K-1``): the
+    config has no named defaults, or none that fit it, and neither ``--card`` nor the training
+    run's file gave them."""
+
+    @property
+    def generic_card_notice(self) -> str:
+        """The warning for :attr:`generic_card_fields`: what was guessed, and how to fix it."""
+        guesses = ", ".join(GUESSES[f] for f in self.generic_card_fields)
+        return (
+            f"config {self.card.config_name!r} has no named card defaults that fit it, so the "
+            f"card's {', '.join(self.generic_card_fields)} are generic guesses ({guesses}); "
+            "re-export with --card FILE.json giving what the model was trained with"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -129,14 +139,16 @@ def build_card(
         custom_opset=PWA_OPSET,
         extra=dict(fields.get("extra", {})),
     )
-    if card.in_channels != sum(config["in_ch"]):
+    channels, n_classes = sum(config["in_ch"]), int(config.get("n_classes", 2))
+    if card.in_channels != channels:
         raise ValueError(
-            f"card lists {card.in_channels} modalities but the model takes "
-            f"{sum(config['in_ch'])} input channels"
+            f"card lists {card.in_channels} modalities but the model takes {channels} input "
+            f"channels; pass --card with {channels} modalities and normalization entries"
         )
-    if card.n_classes != config.get("n_classes", 2):
+    if card.n_classes != n_classes:
         raise ValueError(
-            f"card lists {card.n_classes} classes but the model outputs {config['n_classes']}"
+            f"card lists {card.n_classes} classes but the model outputs {n_classes}; "
+            f"pass --card with {n_classes} class_names and label_values"
         )
     return card
 
@@ -256,12 +268,12 @@ def _check_output(output: Path, inputs: Iterable[tuple[str, Path]], overwrite: b
         raise ExportError(f"output {output} is a folder; pass a file path such as model.onnx")
     if not output.exists():
         return
-    for what, path in inputs:
-        if path.exists() and os.path.samefile(path, output):
-            raise ExportError(
-                f"output {output} is the {what} {path}; export never replaces its inputs, "
-                "choose another output path"
-            )
+    named = {path: what for what, path in inputs}
+    if (path := replaced_input(output, named)) is not None:
+        raise ExportError(
+            f"output {output} is the {named[path]} {path}; export never replaces its inputs, "
+            "choose another output path"
+        )
     if not overwrite:
         raise ExportError(f"{output} exists; pass --overwrite to replace it")
 
@@ -349,9 +361,7 @@ def export_onnx(
     placeholders = "normalization" not in overrides and any(
         n.scheme == "ct" for n in card.normalization
     )
-    generic = ()
-    if name not in DEFAULT_CARDS:
-        generic = tuple(f for f in _PREPROCESSING_FIELDS if f not in overrides)
+    generic = tuple(f for f in guessed_card_fields(name, cfg) if f not in overrides)
     export_model, schemes = _prepare_for_export(model)
     example = torch.zeros(1, sum(cfg["in_ch"]), *cfg["input_size"])
     proto = _trace_to_onnx(export_model, example, opset)

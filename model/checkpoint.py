@@ -32,10 +32,21 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable, unsafe, or does not fit the requested config."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict in ``path``, with any DDP ``module.`` prefix removed.
+_STATE_ENTRIES = ("model", "state_dict", "model_state_dict", "net")
+"""Where training loops keep the weights: upstream VeloxSeg, Lightning, plain PyTorch, MONAI."""
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Added by DDP/DataParallel and by ``torch.compile``, nested in either order."""
+_TOP_LEVEL_MODULES = ("encoder", "decoder", "rc_decoders")
+"""VeloxSeg's own first names: a shared first name other than these is a wrapper's attribute."""
 
-    Accepts upstream training checkpoints (``{"model": state_dict, ...}``) and bare state dicts.
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict in ``path``, with wrapper prefixes removed.
+
+    Accepts bare state dicts and training checkpoints that keep one under ``model`` (upstream),
+    ``state_dict`` (Lightning), ``model_state_dict`` or ``net``. Strips DDP's ``module.`` and
+    ``torch.compile``'s ``_orig_mod.``, and a Lightning-style attribute prefix (``model.``) that
+    every key shares, so that the names are the network's own.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,23 +60,64 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path} is not a VeloxSeg checkpoint that loads with torch.load(weights_only=True): "
             f"{_load_failure(e)}; pass a .pth saved by veloxseg train or upstream VeloxSeg"
         ) from e
-    state = raw.get("model", raw) if isinstance(raw, dict) else None
-    if (
-        not isinstance(state, dict)
-        or not state
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
-    ):
-        raise CheckpointError(
-            f"{path} holds no state dict (expected tensors by name, or a 'model' entry of them); "
-            "pass a .pth saved by veloxseg train or upstream VeloxSeg"
+    state = _find_state(raw)
+    if state is None:
+        found = (
+            f"its top-level keys are {_preview([repr(k) for k in raw], limit=6)}"
+            if isinstance(raw, dict)
+            else f"it holds a {type(raw).__name__}"
         )
-    return {k.removeprefix("module."): v for k, v in state.items()}
+        entries = ", ".join(repr(e) for e in _STATE_ENTRIES)
+        raise CheckpointError(
+            f"{path} holds no state dict (expected tensors by name, bare or under one of "
+            f"{entries}; {found}); pass a .pth saved by veloxseg train or upstream VeloxSeg"
+        )
+    return _strip_prefixes(state)
+
+
+def _is_state(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _find_state(raw: Any) -> dict[str, torch.Tensor] | None:
+    """``raw`` itself if it is a state dict, else its first entry of :data:`_STATE_ENTRIES` that
+    is one."""
+    if _is_state(raw):
+        return raw
+    if isinstance(raw, dict):
+        return next((raw[e] for e in _STATE_ENTRIES if _is_state(raw.get(e))), None)
+    return None
+
+
+def _strip_wrappers(key: str) -> str:
+    while prefix := next((p for p in _WRAPPER_PREFIXES if key.startswith(p)), None):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without wrapper prefixes, and without a first name that every key shares when that
+    is not one of the network's modules (the attribute a Lightning module keeps it in)."""
+    state = {_strip_wrappers(k): v for k, v in state.items()}
+    heads = {k.split(".", 1)[0] for k in state}
+    if len(heads) == 1 and all("." in k for k in state) and heads.isdisjoint(_TOP_LEVEL_MODULES):
+        state = {_strip_wrappers(k.split(".", 1)[1]): v for k, v in state.items()}
+    return state
 
 
 def _suggest_config(state: dict[str, torch.Tensor]) -> str | None:
+    """The named config that ``state`` loads into (it may lack training-only weights)."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for name in CONFIG_NAMES:
-        expected = {k: tuple(v.shape) for k, v in VeloxSeg(**get_config(name)).state_dict().items()}
+        expected = {
+            k: tuple(v.shape)
+            for k, v in VeloxSeg(**get_config(name)).state_dict().items()
+            if k in state or not k.startswith(TRAINING_ONLY_PREFIXES)
+        }
         if expected == shapes:
             return name
     return None
@@ -93,13 +145,17 @@ def load_checkpoint(path: str | Path, config: str | Path | dict[str, Any]) -> nn
     """A :class:`VeloxSeg` in eval mode with the weights of ``path``, matched strictly.
 
     ``config`` is a registry name, a dict, or a JSON file. Training-only modules (reconstruction
-    teachers, deep-supervision heads) load too, but the eval forward never runs them.
+    teachers, deep-supervision heads) load too, but the eval forward never runs them, so a
+    checkpoint stripped of them loads as well (they keep their initial weights): every other key
+    must match.
     """
     name, cfg = resolve_config(config)
     model = VeloxSeg(**cfg)
     state = read_state_dict(path)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(
+        k for k in set(expected) - set(state) if not k.startswith(TRAINING_ONLY_PREFIXES)
+    )
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(
         k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
@@ -121,7 +177,7 @@ def load_checkpoint(path: str | Path, config: str | Path | dict[str, Any]) -> nn
             if keys
         )
         raise CheckpointError(f"checkpoint {path} does not fit config {name!r}: {fix} ({details})")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)  # only training-only keys may be missing: above
     return model.eval()
 
 

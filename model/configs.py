@@ -55,6 +55,12 @@ def resolve_config(config: str | Path | dict[str, Any]) -> tuple[str, dict[str, 
             return str(raw.get("name", path.stem)), raw["config"]
         if isinstance(raw.get("VeloxSeg"), dict):  # upstream's file, keyed by model name
             return path.stem.removeprefix("models_config_"), raw["VeloxSeg"]
+        if raw and all(isinstance(v, dict) for v in raw.values()):  # a config has lists, numbers
+            raise ValueError(
+                f"config file {path} has no 'VeloxSeg' entry (it configures "
+                f"{', '.join(map(str, raw))}); pass one with a 'VeloxSeg' entry, or one of "
+                f"{', '.join(CONFIG_NAMES)}"
+            )
         return path.stem, raw
     raise ValueError(
         f"unknown config {text!r}; give one of {', '.join(CONFIG_NAMES)} or a JSON file"

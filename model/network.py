@@ -81,6 +81,11 @@ def _resolve(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("only patch_norm=False and act_layer='GELU' are supported")
     if len(set(cfg["in_ch"])) != 1:
         raise ValueError(f"all modalities need the same channel count, got in_ch={cfg['in_ch']}")
+    if cfg["n_classes"] < 2:  # one softmax channel is always 1: every voxel would be background
+        raise ValueError(
+            f"n_classes must be at least 2 (background and the classes: labels are the argmax "
+            f"of a softmax), got {cfg['n_classes']}; set n_classes in the config"
+        )
     return cfg
 
 
@@ -247,6 +252,12 @@ class VeloxSeg(nn.Module):
         self.n_classes = int(cfg["n_classes"])
         self.patch_size = int(cfg["patch_size"])
         self.schemes = self._window_schemes(cfg)
+        size, unit = tuple(cfg["input_size"]), self.size_multiple
+        if any(s % u for s, u in zip(size, unit, strict=True)):  # else tracing fails deep inside
+            raise ValueError(
+                f"input_size {list(size)} cannot be tiled by its window scheme: each axis must be "
+                f"a multiple of {unit}; fix input_size in the config"
+            )
         self.encoder = _Encoder(cfg, self.schemes)
         self.decoder = _SegDecoder(cfg)
         self.rc_decoders = nn.ModuleList(_ReconstructionDecoder(cfg, c) for c in cfg["in_ch"])

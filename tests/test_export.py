@@ -298,3 +298,74 @@ def test_export_refuses_a_misspelt_card_field_naming_the_right_one(tmp_path):
     assert result.exit_code == 2
     assert "unknown field 'normalisation'; did you mean 'normalization'?" in _one_line(result)
     assert not output.exists()
+
+
+def _config_file(path: Path, **changes: object) -> Path:
+    """The AutoPET-II config with ``changes`` (``None`` drops the key) as a JSON file."""
+    config = {**get_config("autopetii"), **changes}
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return path
+
+
+def test_export_refuses_a_one_class_model_whose_labels_would_all_be_background(tmp_path):
+    state = _seeded_torch("autopetii").state_dict()
+    heads = ("decoder.out_conv",)  # class-major outputs: the first half is class 0's
+    one_class = {k: v[: len(v) // 2] if k.startswith(heads) else v for k, v in state.items()}
+    torch.save(one_class, tmp_path / "c.pth")
+    config = _config_file(tmp_path / "cfg.json", n_classes=1)
+    result = _export(tmp_path / "c.pth", "-c", config, "-o", tmp_path / "m.onnx", "--no-verify")
+    assert result.exit_code == 2
+    assert "n_classes must be at least 2" in _one_line(result)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_an_input_size_the_windows_cannot_tile_in_one_line(tmp_path):
+    config = _config_file(tmp_path / "cfg.json", input_size=[100, 96, 96])
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    result = _export(checkpoint, "-c", config, "-o", tmp_path / "m.onnx", "--no-verify")
+    assert result.exit_code == 2
+    line = _one_line(result)
+    assert "input_size [100, 96, 96] cannot be tiled" in line and "multiple of (96, 96, 96)" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_with_a_config_lacking_n_classes_says_how_many_classes_the_card_needs(tmp_path):
+    config = _config_file(tmp_path / "cfg.json", n_classes=None)  # upstream's default: 2
+    card = tmp_path / "card.json"
+    card.write_text('{"class_names": ["background", "a", "b"], "label_values": [0, 1, 2]}')
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    result = _export(checkpoint, "-c", config, "-o", tmp_path / "m.onnx", "--card", card)
+    assert result.exit_code == 2
+    line = _one_line(result)
+    assert "card lists 3 classes but the model outputs 2; pass --card with 2 class_names" in line
+
+
+def test_export_of_an_upstream_config_file_without_a_veloxseg_entry_says_so(tmp_path):
+    config = tmp_path / "models_config_mine.json"
+    config.write_text('{"UNet": {"in_channels": 2}}')
+    checkpoint = _seeded_checkpoint(tmp_path / "c.pth")
+    result = _export(checkpoint, "-c", config, "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2
+    assert "has no 'VeloxSeg' entry (it configures UNet)" in _one_line(result)
+
+
+def test_export_of_a_named_config_file_with_another_class_count_guesses_labels_and_says_so(
+    tmp_path,
+):
+    config = tmp_path / "models_config_hecktor2022.json"  # upstream's file names the config
+    config.write_text(json.dumps({"VeloxSeg": {**get_config("hecktor2022"), "n_classes": 3}}))
+    result = export_onnx(None, config, tmp_path / "m.onnx", verify=False)
+    assert result.card.config_name == "hecktor2022"
+    assert result.card.label_values == (0, 1, 2)
+    assert result.card.modalities == ("CT", "PET")  # the named defaults that still fit
+    assert result.generic_card_fields == ("class_names", "label_values")
+    assert "class_names, label_values are generic guesses" in result.generic_card_notice
+
+
+def test_export_of_a_renamed_config_counts_class_names_and_label_values_as_guesses(tmp_path):
+    config = tmp_path / "my_brats.json"
+    config.write_text(json.dumps(get_config("brats2021")))
+    result = export_onnx(None, config, tmp_path / "m.onnx", verify=False)
+    assert result.card.label_values == (0, 1, 2, 3)  # not BraTS's 0, 1, 2, 4: only a guess
+    assert {"class_names", "label_values"} <= set(result.generic_card_fields)
+    assert "labels 0..K-1" in result.generic_card_notice

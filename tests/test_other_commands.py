@@ -172,7 +172,7 @@ def test_export_of_an_unnamed_upstream_config_reports_the_card_fields_left_gener
     card = {"modalities": ["CT", "PET"]}
     result = export_onnx(None, config, tmp_path / "m.onnx", card_overrides=card, verify=False)
     assert result.card.config_name == "mypet"
-    assert result.generic_card_fields == ("normalization", "spacing")
+    assert result.generic_card_fields == ("normalization", "spacing", "class_names", "label_values")
 
 
 def test_bench_refuses_a_results_path_over_its_model_before_timing_anything(tmp_path):
