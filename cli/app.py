@@ -173,9 +173,8 @@ def segment(
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
-    if len(input) > 1 and (folder_input := next((p for p in input if p.is_dir()), None)):
-        _fail(f"-i {folder_input} is a folder: a folder of cases must be the only -i; "
-              "or pass one file per modality", 2)  # fmt: skip
+    if len(input) > 1 and any(p.is_dir() for p in input):
+        _check_headers_first(model, input, max_voxels)  # names the folder (DICOM, or cases)
     cores = os.cpu_count() or 1  # the engine uses at most these
     if threads and threads > cores and not (ray or ray_address or workers or quiet):
         _notice(f"--threads {threads} is more than this machine's {cores} cores; using {cores}",

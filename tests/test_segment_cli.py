@@ -560,7 +560,7 @@ def test_swapped_modalities_warn_that_ct_is_not_in_hounsfield_units(model, tmp_p
 def test_a_folder_among_several_inputs_and_an_output_without_suffix_are_named(model, tmp_path):
     ct, pet = _write(tmp_path, "mix", _scan((40, 40, 30)), _ras_affine((40, 40, 30)))
     mixed = runner.invoke(app, ["segment", "-i", str(tmp_path), "-i", str(ct), "-o", "x.nii.gz"])
-    assert mixed.exit_code == 2 and "a folder of cases must be the only -i" in mixed.output
+    assert mixed.exit_code == 2 and "pass a folder of cases as the only -i" in mixed.output
     out = tmp_path / "results"  # typed as `-o results/`, meaning a folder
     bare = _segment(model, [ct, pet], out)
     assert bare.exit_code == 2 and "has no .nii.gz suffix: name the file" in bare.output
