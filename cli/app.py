@@ -405,12 +405,19 @@ def export(
 @friendly_errors
 def train(
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (checkpoints, logs).")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps [default: 3000, or the resumed run's].")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="96^3 patches per step.")] = 8,
-    pool_size: Annotated[int, typer.Option(help="Phantoms generated for the pool.")] = 64,
+    pool_size: Annotated[
+        int | None, typer.Option(help="Phantoms in the pool [default: 64, or the resumed run's].")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    resume: Annotated[Path | None, typer.Option(help="Checkpoint to continue from.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="A run's checkpoint_last.pth to continue from.")
+    ] = None,
     time_limit: Annotated[float | None, typer.Option(help="Stop and save after N minutes.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in -o.")] = False,
 ) -> None:
     """Train VeloxSeg (AutoPET-II config) on phantom PET/CT with the upstream recipe."""
     try:
@@ -418,7 +425,8 @@ def train(
     except ImportError as e:
         _fail(f"training needs torch: pip install 'veloxseg[train]' ({e})", 2)
     final = train_main(output, steps=steps, batch_size=batch_size, pool_size=pool_size,
-                       device=device, resume=resume, time_limit_minutes=time_limit)  # fmt: skip
+                       device=device, resume=resume, time_limit_minutes=time_limit,
+                       overwrite=overwrite)  # fmt: skip
     typer.echo(f"final checkpoint: {final}")
 
 

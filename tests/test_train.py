@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +35,7 @@ from veloxseg.train.trainer import (
     build_schedulers,
     step_schedulers,
     train,
+    train_main,
 )
 
 SMALL = (48, 48, 48)  # phantom size for tests; padded to the 96^3 patch
@@ -211,3 +215,89 @@ def test_train_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
 def test_cuda_device_without_a_gpu_is_refused_before_any_work(tmp_path) -> None:
     with pytest.raises(ValueError, match="sees no CUDA GPU; use --device cpu"):
         TrainConfig(out_dir=tmp_path, device="cuda")
+
+
+TINY = dict(batch_size=1, pool_size=1, pool_shape=SMALL, warmup_steps=1, workers=1, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-step run whose checkpoint_last.pth is at step 2."""
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(out_dir=out, steps=3, checkpoint_every=2, **TINY), progress=False)
+    return out
+
+
+def test_resume_keeps_the_checkpoints_schedule_and_refuses_to_change_it(finished_run, tmp_path):
+    options = {k: v for k, v in TINY.items() if k not in ("pool_size", "batch_size")}
+    with pytest.raises(ValueError, match=r"was trained with steps=3 \(here 9\)"):
+        train_main(tmp_path, steps=9, resume=finished_run / LAST_CHECKPOINT, progress=False,
+                   **options)  # fmt: skip
+    final = train_main(tmp_path, resume=finished_run / LAST_CHECKPOINT, progress=False, **options)
+    ckpt = torch.load(final, map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["config"]["steps"] == 3  # the stored run's length
+
+
+def test_resume_refuses_a_finished_run_and_a_weights_only_file(finished_run, tmp_path):
+    config = TrainConfig(out_dir=tmp_path, steps=3, **TINY)
+    with pytest.raises(ValueError, match="has finished its 3 steps"):
+        train(config, progress=False, resume=finished_run / FINAL_CHECKPOINT)
+    with pytest.raises(ValueError, match="holds no training state"):
+        train(config, progress=False, resume=finished_run / MODEL_FILE)
+    assert not tmp_path.joinpath(NORMALIZATION_FILE).exists()  # refused before any work
+
+
+def test_resume_keeps_the_runs_normalization_file(finished_run):
+    norm = finished_run / NORMALIZATION_FILE
+    norm.write_text(norm.read_text().replace('"train_seeds"', '"kept": true, "train_seeds"'))
+    stored = norm.read_text()
+    train(TrainConfig(out_dir=finished_run, steps=3, **TINY), progress=False,
+          resume=finished_run / LAST_CHECKPOINT)  # fmt: skip
+    assert norm.read_text() == stored
+
+
+def test_a_new_run_into_a_run_folder_needs_overwrite(finished_run, tmp_path):
+    config = TrainConfig(out_dir=finished_run, steps=2, **TINY)
+    with pytest.raises(ValueError, match="holds a training run; continue it with --resume"):
+        train(config, progress=False)
+    train(config, progress=False, overwrite=True)  # the old run's log and checkpoints go
+    rows = [json.loads(line) for line in (finished_run / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not (finished_run / LAST_CHECKPOINT).exists()
+    file = tmp_path / "a file"
+    file.write_text("")
+    with pytest.raises(ValueError, match="is a file; pass a folder"):
+        train(TrainConfig(out_dir=file, steps=2, **TINY), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "wanted"),
+    [
+        ("time_limit_minutes", 0.0, "time limit must be a positive"),
+        ("time_limit_minutes", float("nan"), "time limit must be a positive"),
+        ("device", "gpu", "device must be auto, cpu, cuda or cuda:N"),
+        ("steps", 0, "steps must be at least 1"),
+    ],
+)
+def test_bad_run_settings_are_refused_in_one_line(tmp_path, field, value, wanted):
+    with pytest.raises(ValueError, match=wanted):
+        TrainConfig(out_dir=tmp_path, **{field: value})
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_to_resume_from(tmp_path):
+    code = (
+        "import sys\n"
+        "from veloxseg.train.trainer import train_main\n"
+        "train_main(sys.argv[1], steps=10_000, batch_size=1, pool_size=1, pool_shape=(48, 48, 48),"
+        " workers=1, log_every=1, checkpoint_every=0)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    log = tmp_path / LOG_FILE
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert run.poll() is None, run.communicate()[1]
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    saved = tmp_path / LAST_CHECKPOINT
+    assert "interrupted at step" in err and f"--resume {saved}" in err, err
+    assert torch.load(saved, map_location="cpu", weights_only=True)["step"] >= 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,14 +41,19 @@ __all__ = [
     "LAST_CHECKPOINT",
     "LOG_FILE",
     "MODEL_FILE",
+    "RUN_FIELDS",
     "TrainConfig",
     "build_schedulers",
+    "read_resume",
     "step_schedulers",
     "train",
     "train_main",
 ]
 
 TRAINED_CONFIG = "autopetii"  # the phantoms are PET/CT, the data this config takes
+# What a run's schedule and pool are built from: a resumed run keeps the checkpoint's.
+RUN_FIELDS = ("steps", "warmup_steps", "lr", "min_lr", "weight_decay", "pool_size", "pool_shape",
+              "seed")  # fmt: skip
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 LAST_CHECKPOINT = "checkpoint_last.pth"
@@ -89,11 +95,14 @@ class TrainConfig:
         if self.warmup_steps is None:
             share = max(1, round(self.steps * _UPSTREAM_WARMUP_FRACTION))
             self.warmup_steps = min(self.steps - 1, share)
-        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError(
-                f"steps, batch_size and log_every must be >= 1, got {self.steps}, "
-                f"{self.batch_size}, {self.log_every}"
-            )
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(f"time limit must be a positive number of minutes, got "
+                             f"{self.time_limit_minutes}")  # fmt: skip
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(
                 f"device {self.device!r} asked for, but this torch ({torch.__version__}) sees no "
@@ -171,8 +180,8 @@ class _State:
         os.replace(tmp, path)
         return path
 
-    def restore(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint :func:`read_resume` has read and checked."""
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["model"].items()})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.warm.load_state_dict(ckpt["warmup_scheduler"])
@@ -325,8 +334,9 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _setup(config: TrainConfig, device: torch.device) -> _State:
-    """Pool, model, optimizer and schedulers; also writes ``normalization.json``."""
+def _setup(config: TrainConfig, device: torch.device, resuming: bool) -> _State:
+    """Pool, model, optimizer and schedulers; also writes ``normalization.json``, except where a
+    resumed run's folder has it (the same seeds give the same pool, so the same statistics)."""
     torch.manual_seed(config.seed)
     model_config = get_config(TRAINED_CONFIG)
     seeds = range(config.pool_size)
@@ -338,7 +348,8 @@ def _setup(config: TrainConfig, device: torch.device) -> _State:
         "spacing": list(DEFAULT_SPACING),
         "train_seeds": [seeds.start, seeds.stop],
     }
-    (config.out_dir / NORMALIZATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if not (resuming and (config.out_dir / NORMALIZATION_FILE).is_file()):
+        (config.out_dir / NORMALIZATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     model = VeloxSeg(**model_config).to(device).train()
     optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warm, cosine = build_schedulers(optimizer, config)
@@ -385,32 +396,111 @@ def _loop(
         log.flush(state.step, state.optimizer.param_groups[0]["lr"])
 
 
-def train(config: TrainConfig, progress: bool = True, resume: str | Path | None = None) -> Path:
+def read_resume(path: str | Path) -> dict[str, Any]:
+    """The training checkpoint at ``path``, or one line saying why it cannot be resumed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume {path} does not exist; pass a run's {LAST_CHECKPOINT}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(
+            f"--resume {path} is not a training checkpoint ({type(e).__name__}); pass a run's "
+            f"{LAST_CHECKPOINT} or {FINAL_CHECKPOINT}"
+        ) from e
+    if not isinstance(ckpt, dict) or not {"optimizer", "step", "config", "rng"} <= set(ckpt):
+        raise ValueError(
+            f"--resume {path} holds no training state (weights only?); pass a run's "
+            f"{LAST_CHECKPOINT} or {FINAL_CHECKPOINT}"
+        )
+    return ckpt
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples as lists, as checkpoints store them
+
+
+def _check_resumable(config: TrainConfig, ckpt: dict[str, Any], path: Path) -> None:
+    """A resumed run must keep the settings its schedule and pool were built from, and have
+    steps left to run."""
+    stored = ckpt["config"]
+    changed = [f for f in RUN_FIELDS if _plain(getattr(config, f)) != _plain(stored.get(f))]
+    if changed:
+        was = ", ".join(f"{f}={stored.get(f)} (here {getattr(config, f)})" for f in changed)
+        raise ValueError(
+            f"--resume {path} was trained with {was}; resume with the checkpoint's settings "
+            "(leave them out), or start a new run in another folder"
+        )
+    if int(ckpt["step"]) >= config.steps:
+        raise ValueError(
+            f"--resume {path} has finished its {config.steps} steps; start a new run in "
+            "another folder to train longer"
+        )
+
+
+def _check_run_folder(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse a file as the run folder, and a folder holding another run unless resuming it or
+    ``overwrite`` (which removes that run's files first)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"-o {out_dir} is a file; pass a folder for the run")
+    run_files = [out_dir / n for n in (LOG_FILE, LAST_CHECKPOINT, FINAL_CHECKPOINT, MODEL_FILE)]
+    if resuming or not any(p.exists() for p in run_files):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{out_dir} holds a training run; continue it with --resume "
+            f"{out_dir / LAST_CHECKPOINT}, replace it with --overwrite, or choose another -o"
+        )
+    for path in run_files:
+        path.unlink(missing_ok=True)
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Run (or, from checkpoint ``resume``, continue) training; returns the final checkpoint.
 
     A resumed run continues from the stored step with the stored optimizer, schedules and RNG
-    state; the pool is regenerated from ``config``. On CUDA, enables cuDNN autotuning and TF32
-    matmuls for this process.
+    state, and must keep the settings they were built from (:data:`RUN_FIELDS`); the pool is
+    regenerated from ``config``. Ctrl-C or SIGTERM saves ``checkpoint_last.pth`` to resume
+    from. On CUDA, enables cuDNN autotuning and TF32 matmuls for this process.
     """
     t0 = time.monotonic()
     config = replace(config)  # the run may shorten ``steps``; leave the caller's copy alone
+    ckpt = read_resume(resume) if resume is not None else None
+    if ckpt is not None:
+        _check_resumable(config, ckpt, Path(resume))  # type: ignore[arg-type]
+    _check_run_folder(config.out_dir, ckpt is not None, overwrite)
     deadline = t0 + 60 * config.time_limit_minutes if config.time_limit_minutes else math.inf
     device = _resolve_device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    state = _setup(config, device)
-    if resume is not None:
-        state.restore(Path(resume))
+    state = _setup(config, device, resuming=ckpt is not None)
+    if ckpt is not None:
+        state.restore(ckpt)
+        if progress:
+            print(f"resumed from {resume} at step {state.step}", file=sys.stderr)
     forward = torch.compile(state.model) if config.compile else state.model
     log = _Log(config.out_dir / LOG_FILE, state.step, device)
     bar = _Progress(progress, config.steps, state.step)
+    interrupted = False
     try:
         _loop(state, config, forward, log, bar, deadline)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM as the CLI raises it
+        interrupted = True
+        raise
     finally:
         bar.close()
         log.close()
+        if interrupted and state.step > log.start_step:
+            saved = state.save(config.out_dir / LAST_CHECKPOINT)
+            print(f"interrupted at step {state.step}/{config.steps}; saved {saved}; continue "
+                  f"with --resume {saved}", file=sys.stderr)  # fmt: skip
     final = _finish(state, config.out_dir)
     if progress:
         rate = (state.step - log.start_step) / max(time.monotonic() - log.t0, 1e-9)
@@ -425,24 +515,32 @@ def train(config: TrainConfig, progress: bool = True, resume: str | Path | None 
 
 def train_main(
     out_dir: str | Path,
-    steps: int = 3000,
+    steps: int | None = None,
     batch_size: int = 8,
-    pool_size: int = 64,
+    pool_size: int | None = None,
     device: str = "auto",
     resume: str | Path | None = None,
     time_limit_minutes: float | None = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> Path:
     """Entry point for ``veloxseg train``: the common knobs as arguments, the rest of
-    :class:`TrainConfig` as keyword ``options`` (e.g. ``amp=False``, ``compile=True``)."""
+    :class:`TrainConfig` as keyword ``options`` (e.g. ``amp=False``, ``compile=True``). Settings
+    left out take :class:`TrainConfig`'s defaults, or when resuming the checkpoint's."""
     progress = bool(options.pop("progress", True))
+    stored = read_resume(resume)["config"] if resume is not None else {}
+    settings = {f: stored[f] for f in RUN_FIELDS if f in stored and f not in options}
+    if settings.get("pool_shape") is not None:
+        settings["pool_shape"] = tuple(settings["pool_shape"])
+    for name, value in (("steps", steps), ("pool_size", pool_size)):
+        if value is not None:
+            settings[name] = value
     config = TrainConfig(
         out_dir=Path(out_dir),
-        steps=steps,
         batch_size=batch_size,
-        pool_size=pool_size,
         device=device,
         time_limit_minutes=time_limit_minutes,
+        **settings,
         **options,
     )
-    return train(config, progress=progress, resume=resume)
+    return train(config, progress=progress, resume=resume, overwrite=overwrite)
