@@ -184,6 +184,9 @@ def segment(
     if ray or ray_address or workers:
         if not folder:
             _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
+        from veloxseg.runtime.engine import check_format
+
+        check_format(backend, precision)  # before the progress bar and a cluster start
         cluster = dict(backend=backend, precision=precision, threads=threads, workers=workers)
         _run_ray(model, input[0], output, options, overwrite, quiet, address=ray_address, **cluster)
         return

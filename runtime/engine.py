@@ -24,10 +24,21 @@ from veloxseg.runtime.model_file import LOGITS, MARGINS, ModelFile, open_model_f
 from veloxseg.runtime.sliding_window import Output, sliding_window_predict
 from veloxseg.runtime.tiling import Blend
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "check_format"]
 
 BackendName = Literal["auto", "openvino", "onnxruntime"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
+
+
+def check_format(backend: str, precision: str) -> None:
+    """Refuse an unknown backend or precision, or a pair no backend runs, in one line: before
+    any work (a model compile, a cluster start)."""
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if "auto" not in (backend, precision):
+        check_precision(backend, precision)
 
 
 class Engine:
@@ -65,10 +76,7 @@ class Engine:
         single-patch latency for throughput over the many windows of a volume: OpenVINO streams,
         or as many ONNX Runtime sessions sharing the threads.
         """
-        if backend not in ("auto", *BACKENDS):
-            raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+        check_format(backend, precision)
         model = open_model_file(path)
         cores = os.cpu_count() or 1
         threads = min(threads or cores, cores)

@@ -24,12 +24,13 @@ from veloxseg.runtime.cases import (
     Case,
     CaseStatus,
     FolderReport,
-    prepare_folder,
+    check_folder_run,
     run_case,
 )
-from veloxseg.runtime.engine import BackendName, Engine, PrecisionName
+from veloxseg.runtime.engine import BackendName, Engine, PrecisionName, check_format
 from veloxseg.runtime.errors import VeloxSegError, one_line
 from veloxseg.runtime.model_file import open_model_file
+from veloxseg.runtime.output_files import create_output_folder
 from veloxseg.runtime.segment import CaseResult, SegmentOptions
 
 __all__ = ["DEFAULT_THREADS", "SHARED_FS", "CaseWorker", "plan_workers", "segment_folder_ray"]
@@ -74,8 +75,13 @@ def plan_workers(
         if workers is None:
             fits = [t for t in fits if t <= DEFAULT_THREADS]
         threads = max(fits, default=1)
+    if capacity(threads) < 1:
+        raise VeloxSegError(
+            f"{threads} threads per worker do not fit on any node (CPUs per node: {nodes}); "
+            f"ask for at most {max(nodes)}"
+        )
     workers = capacity(threads) if workers is None else workers
-    if workers < 1 or capacity(threads) < workers:
+    if capacity(threads) < workers:
         raise VeloxSegError(
             f"{workers} workers x {threads} threads do not fit on the cluster's cores "
             f"(CPUs per node: {nodes}); ask for fewer workers or threads"
@@ -174,10 +180,11 @@ def segment_folder_ray(
     model_path, input_dir, output_dir = (
         Path(p).absolute() for p in (model_path, input_dir, output_dir)
     )
+    check_format(backend, precision)
     n_modalities = open_model_file(model_path).card.in_channels
     if not ray.is_initialized():
         _check_reachable(address)
-    cases = prepare_folder(input_dir, output_dir, n_modalities)
+    cases = check_folder_run(input_dir, output_dir, n_modalities)  # the folder: once it can run
     options = replace(options or SegmentOptions(), progress=False)
 
     started = not ray.is_initialized()
@@ -190,6 +197,7 @@ def segment_folder_ray(
     try:
         node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
         n_workers, n_threads = plan_workers(node_cpus, threads, workers)
+        create_output_folder(output_dir)
         worker_class = ray.remote(CaseWorker).options(
             num_cpus=n_threads, max_restarts=_RESTARTS, max_task_retries=_RETRIES
         )

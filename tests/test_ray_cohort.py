@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,10 +151,25 @@ def test_plan_workers_fits_threads_on_the_cores_of_each_node(nodes, threads, wor
     assert plan_workers(nodes, threads, workers) == plan
 
 
-@pytest.mark.parametrize(("nodes", "threads", "workers"), [([2], 3, None), ([2], 1, 3), ([], 1, 1)])
-def test_plan_workers_refuses_to_oversubscribe(nodes, threads, workers):
-    with pytest.raises(VeloxSegError):
+@pytest.mark.parametrize(
+    ("nodes", "threads", "workers", "says"),
+    [
+        ([2], 3, None, "3 threads per worker do not fit on any node (CPUs per node: [2]); ask for "
+         "at most 2"),
+        ([2], 1, 3, "3 workers x 1 threads do not fit"),
+        ([], 1, 1, "no CPUs"),
+    ],
+)  # fmt: skip
+def test_plan_workers_refuses_to_oversubscribe(nodes, threads, workers, says):
+    with pytest.raises(VeloxSegError, match=re.escape(says)):
         plan_workers(nodes, threads, workers)
+
+
+def test_a_bad_format_is_refused_before_any_work_or_output_folder(cohort, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="runs fp32 only"):
+        segment_folder_ray(bundled_model(), cohort, out, backend="onnxruntime", precision="bf16")
+    assert not out.exists()
 
 
 def test_edge_install_never_imports_ray():
