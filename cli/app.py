@@ -292,11 +292,22 @@ def _with_progress(
     total = len(check_folder_run(input_dir, output_dir, n_modalities))  # refusals before the bar
     if not quiet and (note := ignored_note(input_dir)):
         _notice(note, "note")
-    with Progress(
-        *Progress.get_default_columns(), MofNCompleteColumn(), console=err, disable=quiet
-    ) as bar:
-        task = bar.add_task("cases", total=total)
-        report = run(lambda case, status: bar.advance(task))
+    finished: list[str] = []
+
+    def on_case(case: str, status: str) -> None:
+        finished.append(status)
+        bar.advance(task)
+
+    try:
+        with Progress(
+            *Progress.get_default_columns(), MofNCompleteColumn(), console=err, disable=quiet
+        ) as bar:
+            task = bar.add_task("cases", total=total)
+            report = run(on_case)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM as main() raises it
+        _notice(f"stopped after {finished.count('done')} of {total} cases were segmented; run "
+                "the same command again to go on (finished cases are skipped)", "note")  # fmt: skip
+        raise
     print_folder_summary(err, report, quiet)
     if report.failed:
         raise typer.Exit(1)

@@ -136,7 +136,9 @@ def test_sigterm_while_writing_exits_143_and_removes_its_temp_files(
         assert time.monotonic() < deadline, "the run never got there"
         time.sleep(0.001)
     process.send_signal(signal.SIGTERM)  # as Slurm, `timeout` and `docker stop` send
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert b"run the same command again to go on" in stderr and b"Traceback" not in stderr
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     _assert_intact(out, reference)
 
