@@ -146,12 +146,37 @@ def _check_reachable(address: str | None) -> None:
             f"Ray address must be HEAD:PORT (e.g. 10.0.0.5:6379) or auto, got {address!r}"
         )
     try:
-        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S) as sock:
+            answers = _speaks_http2(sock)
     except OSError as e:
         raise VeloxSegError(
             f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check the address, "
             "or leave out --ray-address to start a local cluster"
         ) from e
+    if not answers:
+        raise VeloxSegError(
+            f"{address} answers, but not as a Ray cluster does (another service on that port?); "
+            "pass the head's GCS port, 6379 unless `ray start --head --port` set another"
+        )
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, Ray Client)
+# answers with a SETTINGS frame at once; a web server or the Ray dashboard's HTTP/1 does not.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_HTTP2_SETTINGS = 4
+
+
+def _speaks_http2(sock: socket.socket) -> bool:
+    """Whether the peer answers as gRPC does: ``ray.init`` to any other listener retries for
+    minutes (2 min 45 s seen against a web server) before it fails."""
+    sock.sendall(_HTTP2_HELLO)
+    head = b""
+    try:
+        while len(head) < 9 and (chunk := sock.recv(9 - len(head))):
+            head += chunk
+    except TimeoutError:
+        return False
+    return len(head) == 9 and head[3] == _HTTP2_SETTINGS
 
 
 def segment_folder_ray(

@@ -4,10 +4,13 @@ that fit the cores, clear errors for unreachable paths, and nothing of Ray in th
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,23 @@ def test_edge_install_never_imports_ray():
         "import veloxseg.cli.app\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_address_where_another_service_listens_is_refused_in_seconds(tmp_path):
+    from veloxseg.runtime.ray_cohort import _check_reachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(VeloxSegError, match="answers, but not as a Ray cluster does"):
+            _check_reachable(f"127.0.0.1:{server.server_port}")
+        assert time.monotonic() - start < 10
+    finally:
+        server.shutdown()
+
+
+def test_a_live_ray_clusters_address_passes_the_check(ray_cluster):
+    from veloxseg.runtime.ray_cohort import _check_reachable
+
+    _check_reachable(ray_cluster.get_runtime_context().gcs_address)
