@@ -82,13 +82,14 @@ _SPATIAL_FIELDS = (
 class ImageGeometry:
     """The input's voxel grid: file-order ``shape`` (X, Y, Z), voxel-to-world ``affine`` (4x4
     float64, mm, read-only), a copy of the first input's NIfTI ``header`` (the source of the
-    qform/sform fields outputs copy) and the resolved input ``sources`` that outputs must not
-    overwrite."""
+    qform/sform fields outputs copy), the resolved input ``sources`` that outputs must not
+    overwrite, and the file axes whose voxel size the header leaves 0 (read as 1 mm)."""
 
     shape: tuple[int, int, int]
     affine: np.ndarray
     header: nib.Nifti1Header
     sources: tuple[Path, ...] = ()
+    zero_size_axes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         affine = np.array(self.affine, dtype=np.float64)
@@ -152,8 +153,21 @@ def load_case(
         affine=affine,
         header=images[0].header.copy(),
         sources=tuple(p.resolve() for p in paths),
+        zero_size_axes=_zero_size_axes(images[0]),
     )
     return data, geometry
+
+
+def _zero_size_axes(img: nib.Nifti1Pair) -> tuple[int, ...]:
+    """File axes whose stored voxel size (pixdim) is 0 where no sform gives the grid: nibabel
+    and ITK read them as 1 mm, and nibabel repairs the header on load, so only the stored
+    bytes tell."""
+    if int(img.header["sform_code"]):
+        return ()
+    holder = img.file_map.get("header") or img.file_map["image"]  # .hdr of a pair, else .nii
+    with _quiet_nibabel(), ImageOpener(holder.filename) as f:
+        stored = type(img.header).from_fileobj(f, check=False)
+    return tuple(i for i in range(3) if stored["pixdim"][i + 1] == 0)
 
 
 def _inspect(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from nibabel.affines import voxel_sizes
 
@@ -200,12 +201,16 @@ def input_warnings(data: np.ndarray, card: ModelCard) -> list[str]:
 
 
 def geometry_warnings(geometry: ImageGeometry) -> list[str]:
-    """Headers whose placement tools read differently. Codes both 0 say nothing about
+    """Headers that tools read silently as something they may not be: a voxel size of 0, and
+    placements that tools read differently. Codes both 0 say nothing about
     orientation: nibabel (and so the model) takes LAS, ITK LPS, so the model may see the scan
     mirrored. A qform and sform that disagree place the scan in two ways: the sform is used, as
     nibabel does, while ITK tools may use the qform (outputs keep both, so each tool stays
     consistent with itself)."""
-    header = geometry.header
+    return _zero_size_warnings(geometry) + _placement_warnings(geometry.header)
+
+
+def _placement_warnings(header: nib.Nifti1Header) -> list[str]:
     q_code, s_code = int(header["qform_code"]), int(header["sform_code"])
     if not q_code and not s_code:
         return [
@@ -225,6 +230,19 @@ def geometry_warnings(geometry: ImageGeometry) -> list[str]:
             "as nibabel does, while ITK-based tools may place the scan by the qform"
         ]
     return []
+
+
+def _zero_size_warnings(geometry: ImageGeometry) -> list[str]:
+    """A voxel size of 0 with no sform is read as 1 mm by every tool, silently: right for the
+    placement only if it is, and wrong for the sidecar's mL otherwise."""
+    if not geometry.zero_size_axes:
+        return []
+    axes = ", ".join("XYZ"[i] for i in geometry.zero_size_axes)
+    return [
+        f"the header stores voxel size 0 along {axes}; it was read as 1 mm there (as nibabel and "
+        "ITK do), so the scan's size and the volumes in mL are right only if that is the true "
+        "voxel size"
+    ]
 
 
 def extent_warnings(

@@ -494,3 +494,20 @@ def test_bytes_after_the_gzip_stream_are_ignored_as_gzip_does(tmp_path: Path) ->
     path.write_bytes(path.read_bytes() + b"trailing bytes some writers leave")
     data, _ = load_case([path], 1)
     np.testing.assert_array_equal(data[0], volume())
+
+
+@pytest.mark.parametrize(("sform_code", "zero_axes"), [(0, (2,)), (1, ())])
+def test_a_zero_voxel_size_without_an_sform_is_reported(tmp_path, sform_code, zero_axes) -> None:
+    from veloxseg.runtime.segment import geometry_warnings
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    header.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]), code=sform_code)
+    header["pixdim"][3] = 0.0  # nibabel repairs this to 1 when it loads the file
+    path = raw_header(tmp_path / "a.nii", header, volume().tobytes(order="F"))
+    _, geometry = load_case([path], 1)
+    assert geometry.zero_size_axes == zero_axes
+    warned = [w for w in geometry_warnings(geometry) if "voxel size 0 along Z" in w]
+    assert bool(warned) == bool(zero_axes)
