@@ -13,7 +13,8 @@ __all__ = ["print_case_summary", "print_folder_summary", "print_model_info"]
 def print_case_summary(console: Console, result, model_load: float = 0.0) -> None:  # type: ignore[no-untyped-def]
     """Timings per stage (with the model's load and compile, when timed) and volume per label of
     one segmented case."""
-    table = Table(title=f"wrote {result.output}", show_header=True)
+    console.print(f"wrote {result.output}", highlight=False, soft_wrap=True)  # whole, never cut
+    table = Table(show_header=True)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     timings = {"model": model_load, **result.timings} if model_load else result.timings
