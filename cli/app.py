@@ -173,25 +173,24 @@ def segment(
         save_probabilities=save_probabilities, preview=preview, max_voxels=max_voxels,
     )  # fmt: skip
     folder = len(input) == 1 and input[0].is_dir()
-    if len(input) > 1 and any(p.is_dir() for p in input):
-        _check_headers_first(model, input, max_voxels)  # names the folder (DICOM, or cases)
     cores = os.cpu_count() or 1  # the engine uses at most these
     if threads and threads > cores and not (ray or ray_address or workers or quiet):
         _notice(f"--threads {threads} is more than this machine's {cores} cores; using {cores}",
                 "note")  # fmt: skip
-    if not folder:
-        _check_outputs_free(input, output, options, overwrite)
+    if (ray or ray_address or workers) and not folder:
+        _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
+    if not folder:  # the inputs (a folder among them named), then the outputs, before any work
+        from veloxseg.runtime.segment import check_outputs
+
+        _check_headers_first(model, input, max_voxels)
+        check_outputs(output, input, options, overwrite)
     if ray or ray_address or workers:
-        if not folder:
-            _fail("--ray, --ray-address and --workers segment a folder: pass -i DIR", 2)
         from veloxseg.runtime.engine import check_format
 
         check_format(backend, precision)  # before the progress bar and a cluster start
         cluster = dict(backend=backend, precision=precision, threads=threads, workers=workers)
         _run_ray(model, input[0], output, options, overwrite, quiet, address=ray_address, **cluster)
         return
-    if not folder:
-        _check_headers_first(model, input, max_voxels)
     start = time.perf_counter()
     engine = _open_engine(model, backend, precision, threads)
     if folder:
@@ -199,16 +198,6 @@ def segment(
     else:
         load = time.perf_counter() - start
         _run_case(engine, input, output, options, overwrite=overwrite, quiet=quiet, load=load)
-
-
-def _check_outputs_free(inputs: list[Path], output: Path, options: Any, overwrite: bool) -> None:
-    """Refuse, before any work, to write over an input or (without --overwrite) over any file
-    the case would write."""
-    from veloxseg.runtime.segment import check_output, check_outputs_free
-
-    check_output(output, inputs)
-    if not overwrite:
-        check_outputs_free(output, options)
 
 
 def _check_headers_first(model: Path | None, inputs: list[Path], max_voxels: int) -> None:

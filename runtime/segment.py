@@ -56,7 +56,7 @@ __all__ = [
     "CaseResult",
     "SegmentOptions",
     "check_output",
-    "check_outputs_free",
+    "check_outputs",
     "extent_warnings",
     "geometry_warnings",
     "input_warnings",
@@ -156,9 +156,14 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
             )
 
 
-def check_outputs_free(output: Path, options: SegmentOptions) -> None:
-    """Refuse to replace any file the case would write (labels, sidecar, and probabilities and
-    preview where asked for) that already exists."""
+def check_outputs(
+    output: Path, inputs: Sequence[Path], options: SegmentOptions, overwrite: bool
+) -> None:
+    """:func:`check_output`, then, unless ``overwrite``, refuse to replace any file the case
+    would write (labels, sidecar, and probabilities and preview where asked for)."""
+    check_output(output, inputs)
+    if overwrite:
+        return
     paths = output_paths(output)
     wanted = ["labels", "sidecar"]
     wanted += ["probabilities"] * options.save_probabilities + ["preview"] * options.preview
@@ -329,9 +334,7 @@ def segment_case(
     """
     options = options or SegmentOptions()
     output = Path(output)
-    check_output(output, inputs)
-    if not overwrite:
-        check_outputs_free(output, options)
+    check_outputs(output, inputs, options, overwrite)
     for path in output_paths(output).values():  # a killed run's, whatever this run writes
         remove_dead_temps(path)
     create_output_folder(output.parent)  # before the work: a missing folder costs no inference
