@@ -82,7 +82,6 @@ class Engine:
         threads = min(threads or cores, cores)
         if backend == "auto" or precision == "auto":
             backend, precision = choose_format(model, backend, precision, threads)  # type: ignore[assignment]
-        check_precision(backend, precision)
         options = BackendOptions(threads=threads, precision=precision, streams=streams)  # type: ignore[arg-type]
         return cls(model, backend, options)
 
